@@ -1,0 +1,271 @@
+"""Scores for the shapes world: a detector that reads images back into objects, GenEval-style generation
+accuracy, VQA accuracy and PSNR.
+
+The detector needs no learned weights, so generation can be scored exactly on machines without network:
+pixels take the palette colour (held-out colours included) that best explains them, same-colour pixels form
+8-connected components (pure numpy, scipy is not a dependency), and each component's shape is the template
+(circle, square, upright triangle) that best overlaps it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..data.shapes import ALL_COLORS, BACKGROUND, GENERATION_CATEGORIES, SHAPES, PromptSpec, relations_between
+
+__all__ = [
+    "DetectedObject",
+    "detect_objects",
+    "format_scores_table",
+    "psnr",
+    "score_generation",
+    "spec_satisfied",
+    "vqa_accuracy",
+]
+
+_COLOR_NAMES = tuple(ALL_COLORS)
+_BACKGROUND = np.array(BACKGROUND, dtype=np.float32)
+# Each palette colour as a direction away from the background: a blurred or anti-aliased edge pixel is a blend
+# alpha * colour + (1 - alpha) * background, so it lies on that colour's segment, even when it happens to be
+# nearer another palette colour (two thirds red is nearer pink than red).
+_COLOR_DIRECTIONS = np.array(list(ALL_COLORS.values()), dtype=np.float32) - _BACKGROUND
+_WINDOW_OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+_NEIGHBOUR_OFFSETS = [offset for offset in _WINDOW_OFFSETS if offset != (0, 0)]
+_EDGE_NEIGHBOUR_OFFSETS = [(-1, 0), (1, 0), (0, -1), (0, 1)]
+# Area moments of each shape filling a unit box (apex up for the triangle): var(x), var(y), and the vertical
+# offset of the box centre from the centroid, in box heights. They turn a component's moments into a box.
+_SHAPE_MOMENTS = {
+    "circle": (1 / 16, 1 / 16, 0.0),
+    "square": (1 / 12, 1 / 12, 0.0),
+    "triangle": (1 / 24, 1 / 18, -1 / 6),
+}
+
+
+@dataclass(frozen=True)
+class DetectedObject:
+    """A shape read from an image; `x`, `y`, `width`, `height` are the box its fitted shape fills, comparable to
+    a `ShapeObject`'s centre and bounding box."""
+
+    shape: str
+    color: str
+    x: float
+    y: float
+    width: int
+    height: int
+    num_pixels: int
+
+
+def _as_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
+    """HxWx3 float32 in [0, 255]; float arrays are taken to be in [0, 1] as diffusers' `output_type="np"`."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"), dtype=np.float32)
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(f"Expected an HxWx3 image, got an array of shape {array.shape}.")
+    if np.issubdtype(array.dtype, np.floating):
+        return np.clip(array, 0.0, 1.0).astype(np.float32) * 255.0
+    return array.astype(np.float32)
+
+
+def _neighbours(array: np.ndarray, offsets: Sequence[tuple[int, int]], **pad: Any) -> list[np.ndarray]:
+    """For each (dy, dx), the array of every pixel's neighbour at that offset; `pad` fills in past the border."""
+    height, width = array.shape[:2]
+    padding = ((1, 1), (1, 1)) + ((0, 0),) * (array.ndim - 2)
+    padded = np.pad(array, padding, **pad)
+    return [padded[1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width] for dy, dx in offsets]
+
+
+def _label_components(classes: np.ndarray) -> np.ndarray:
+    """8-connected components of equal non-negative class; -1 marks background and stays -1.
+
+    Every pixel starts with its own flat index as label; labels shrink to the component minimum by taking
+    the neighbours' minimum and following labels to the pixel they name (pointer jumping).
+    """
+    foreground = classes >= 0
+    unlabelled = classes.size
+    labels = np.where(foreground, np.arange(classes.size).reshape(classes.shape), unlabelled)
+    same_class = [foreground & (neighbour == classes) for neighbour in _neighbours(classes, _NEIGHBOUR_OFFSETS)]
+    while True:
+        merged = labels
+        neighbour_labels = _neighbours(labels, _NEIGHBOUR_OFFSETS, constant_values=unlabelled)
+        for linked, neighbour in zip(same_class, neighbour_labels):
+            merged = np.where(linked, np.minimum(merged, neighbour), merged)
+        flat = np.append(merged.ravel(), unlabelled)
+        merged = np.where(foreground, flat[merged], unlabelled)
+        if np.array_equal(merged, labels):
+            return np.where(foreground, labels, -1)
+        labels = merged
+
+
+def _shape_box(shape: str, component: np.ndarray) -> tuple[float, float, float, float]:
+    """(centre x, centre y, width, height) of the `shape` whose area moments match the component's.
+
+    Moments, unlike the extreme pixels, barely move when blur or noise adds or removes a few edge pixels.
+    """
+    rows, cols = np.nonzero(component)
+    unit_var_x, unit_var_y, centre_offset = _SHAPE_MOMENTS[shape]
+    # A pixel is a unit square, which adds 1/12 to the variance of its centre coordinate.
+    width = math.sqrt((cols.var() + 1 / 12) / unit_var_x)
+    height = math.sqrt((rows.var() + 1 / 12) / unit_var_y)
+    return float(cols.mean()), float(rows.mean()) + centre_offset * height, width, height
+
+
+def _shape_template(shape: str, box: tuple[float, float, float, float], canvas: tuple[int, int]) -> np.ndarray:
+    """The pixels whose centres fall inside the shape filling `box` (centre x, centre y, width, height)."""
+    centre_x, centre_y, width, height = box
+    rows, cols = np.mgrid[0 : canvas[0], 0 : canvas[1]].astype(np.float32)
+    u, v = (cols - centre_x) / width + 0.5, (rows - centre_y) / height + 0.5
+    if shape == "circle":
+        return (u - 0.5) ** 2 + (v - 0.5) ** 2 <= 0.25
+    inside = (u >= 0) & (u <= 1) & (v >= 0) & (v <= 1)
+    return inside if shape == "square" else inside & (np.abs(u - 0.5) <= v / 2)
+
+
+def _fit_shape(component: np.ndarray) -> tuple[str, tuple[float, float, float, float]]:
+    """The shape, with its moment-fitted box, whose template best overlaps the component."""
+    candidates = [(shape, _shape_box(shape, component)) for shape in SHAPES]
+
+    def overlap(candidate: tuple[str, tuple[float, float, float, float]]) -> float:
+        template = _shape_template(*candidate, component.shape)
+        return np.count_nonzero(component & template) / np.count_nonzero(component | template)
+
+    return max(candidates, key=overlap)
+
+
+def _classify_pixels(pixels: np.ndarray, max_color_distance: float) -> np.ndarray:
+    """Index into `ALL_COLORS` of each pixel's colour, -1 for background.
+
+    A pixel is explained by the blend of a palette colour with the background nearest to it; it is part of an
+    object when that blend is at least half colour and within `max_color_distance` (Euclidean RGB).
+    """
+    offsets = pixels - _BACKGROUND
+    alphas = np.clip(offsets @ _COLOR_DIRECTIONS.T / (_COLOR_DIRECTIONS**2).sum(axis=-1), 0.0, 1.0)
+    residuals = np.linalg.norm(offsets[:, :, None, :] - alphas[..., None] * _COLOR_DIRECTIONS, axis=-1)
+    nearest = residuals.argmin(axis=-1)
+    alpha = np.take_along_axis(alphas, nearest[..., None], axis=-1)[..., 0]
+    return np.where((alpha >= 0.5) & (residuals.min(axis=-1) <= max_color_distance), nearest, -1)
+
+
+def detect_objects(
+    image: Image.Image | np.ndarray, min_pixels: int = 20, max_color_distance: float = 90.0
+) -> list[DetectedObject]:
+    """The objects in a shapes-world image, ordered top to bottom then left to right.
+
+    Pixels are first averaged with their 3x3 neighbourhood: that cancels most per-pixel generator noise, and the
+    colour-background blends it makes at edges are what `_classify_pixels` expects anyway. Components under
+    `min_pixels`, and thin ones (streaks, fringes) with fewer than `min_pixels // 2` interior pixels, are noise.
+    """
+    pixels = _as_rgb_array(image)
+    smoothed = np.mean(_neighbours(pixels, _WINDOW_OFFSETS, mode="edge"), axis=0)
+    classes = _classify_pixels(smoothed, max_color_distance)
+    labels = _label_components(classes)
+    edge_neighbours = _neighbours(labels, _EDGE_NEIGHBOUR_OFFSETS, constant_values=-1)
+    interior = np.logical_and.reduce([labels >= 0, *(neighbour == labels for neighbour in edge_neighbours)])
+    detections = []
+    for label in np.unique(labels[labels >= 0]):
+        component = labels == label
+        num_pixels = int(component.sum())
+        if num_pixels < min_pixels or (interior & component).sum() < min_pixels // 2:
+            continue
+        shape, (x, y, width, height) = _fit_shape(component)
+        detections.append(
+            DetectedObject(shape, _COLOR_NAMES[classes.flat[label]], x, y, round(width), round(height), num_pixels)
+        )
+    return sorted(detections, key=lambda detection: (detection.y, detection.x))
+
+
+def spec_satisfied(detections: Sequence[DetectedObject], spec: PromptSpec) -> bool:
+    """GenEval's rule, on detections rather than an object detector's boxes.
+
+    Every required shape (and colour) is present often enough, exactly as often when counting; when a relation
+    is asked, some object matching the first requirement stands in it to one matching the second, by centres.
+    """
+    matches = []
+    for requirement in spec.objects:
+        found = [
+            detection
+            for detection in detections
+            if detection.shape == requirement.shape and requirement.color in (None, detection.color)
+        ]
+        if len(found) < requirement.count or (requirement.exact and len(found) > requirement.count):
+            return False
+        matches.append(found)
+    if spec.relation is None:
+        return True
+    return any(
+        spec.relation in relations_between((subject.x, subject.y), (reference.x, reference.y))
+        for subject in matches[0]
+        for reference in matches[1]
+    )
+
+
+def score_generation(
+    images: Sequence[Image.Image | np.ndarray], prompt_specs: Sequence[PromptSpec | Mapping[str, Any]]
+) -> dict[str, float]:
+    """Fraction of images satisfying their prompt per GenEval category, and "overall", GenEval's headline mean
+    over the categories present. Specs may be `PromptSpec`s or their `to_dict()` form."""
+    if len(images) != len(prompt_specs):
+        raise ValueError(f"Got {len(images)} images for {len(prompt_specs)} prompt specs.")
+    results: dict[str, list[bool]] = {}
+    for image, spec in zip(images, prompt_specs):
+        if not isinstance(spec, PromptSpec):
+            spec = PromptSpec.from_dict(spec)
+        results.setdefault(spec.category, []).append(spec_satisfied(detect_objects(image), spec))
+    scores = {
+        category: sum(results[category]) / len(results[category])
+        for category in GENERATION_CATEGORIES
+        if category in results
+    }
+    scores["overall"] = sum(scores.values()) / len(scores) if scores else math.nan
+    return scores
+
+
+def format_scores_table(scores: Mapping[str, float]) -> str:
+    """A markdown table of named scores, for logs, model cards and README results."""
+    lines = ["| metric | score |", "| --- | ---: |"]
+    lines += [f"| {name} | {value:.4f} |" for name, value in scores.items()]
+    return "\n".join(lines)
+
+
+def vqa_accuracy(predictions: Sequence[str], answers: Sequence[str]) -> float:
+    """Exact-match accuracy after stripping and lower-casing; shapes-world answers are single words."""
+    if len(predictions) != len(answers) or not answers:
+        raise ValueError(f"Need as many predictions as answers, and some; got {len(predictions)} and {len(answers)}.")
+    correct = sum(
+        prediction.strip().lower() == answer.strip().lower() for prediction, answer in zip(predictions, answers)
+    )
+    return correct / len(answers)
+
+
+def _as_numpy(image: Any) -> np.ndarray:
+    """Numpy view of an array, PIL image or torch tensor; float tensors widen so bfloat16 converts too."""
+    if hasattr(image, "detach"):
+        tensor = image.detach().cpu()
+        return tensor.numpy() if not tensor.is_floating_point() else tensor.double().numpy()
+    return np.asarray(image)
+
+
+def psnr(reconstruction: Any, target: Any, data_range: float | None = None) -> float:
+    """Peak signal-to-noise ratio in dB (inf for identical images), for numpy arrays, torch tensors or PIL.
+
+    `data_range` defaults to 255 when both inputs are integer (uint8) images, and otherwise to 2: floats are taken
+    to be in [-1, 1], as the tokenizer's pixels are; pass 1.0 for [0, 1] floats. A 4-D input is a batch: the
+    result is the mean of the per-image PSNRs, as reconstruction papers report it.
+    """
+    a, b = _as_numpy(reconstruction), _as_numpy(target)
+    if a.shape != b.shape:
+        raise ValueError(f"Shapes differ: {a.shape} vs {b.shape}.")
+    if data_range is None:
+        data_range = 255.0 if np.issubdtype(a.dtype, np.integer) and np.issubdtype(b.dtype, np.integer) else 2.0
+    difference = a.astype(np.float64) - b.astype(np.float64)
+    batch = difference.reshape(difference.shape[0] if difference.ndim == 4 else 1, -1)
+    mse = (batch**2).mean(axis=1)
+    with np.errstate(divide="ignore"):
+        per_image = 10.0 * np.log10(data_range**2 / mse)
+    return float(per_image.mean())

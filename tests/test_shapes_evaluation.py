@@ -1,0 +1,173 @@
+"""The scores must read the shapes world exactly, so that a model's numbers measure the model, not the scorer."""
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hydra_hf.data import (
+    GENERATION_CATEGORIES,
+    ObjectRequirement,
+    PromptSpec,
+    Scene,
+    ShapeObject,
+    example_rng,
+    generation_prompts,
+    generation_scenes,
+    render_scene,
+    sample_scene,
+)
+from hydra_hf.evaluation import (
+    detect_objects,
+    format_scores_table,
+    psnr,
+    score_generation,
+    spec_satisfied,
+    vqa_accuracy,
+)
+
+
+def read_exactly(scene, detections, tolerance=2.0):
+    """Same (shape, colour) multiset, and each object matched by a detection whose centre is within tolerance."""
+    if Counter((obj.shape, obj.color) for obj in scene.objects) != Counter((d.shape, d.color) for d in detections):
+        return False
+    unmatched = list(detections)
+    for obj in scene.objects:
+        match = next(
+            (
+                d
+                for d in unmatched
+                if (d.shape, d.color) == (obj.shape, obj.color)
+                and abs(d.x - obj.x) <= tolerance
+                and abs(d.y - obj.y) <= tolerance
+            ),
+            None,
+        )
+        if match is None:
+            return False
+        unmatched.remove(match)
+    return True
+
+
+def degrade(image, rng, noise_std=15.0, colour_shift=10.0):
+    """A stand-in for a generator's output: 3x3 blur, per-pixel noise and a global colour cast."""
+    pixels = np.asarray(image, dtype=np.float64)
+    padded = np.pad(pixels, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    height, width = pixels.shape[:2]
+    blurred = np.mean([padded[dy : dy + height, dx : dx + width] for dy in range(3) for dx in range(3)], axis=0)
+    noisy = blurred + rng.normal(0.0, noise_std, pixels.shape) + rng.uniform(-colour_shift, colour_shift, 3)
+    return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+def test_detector_reads_rendered_scenes_exactly():
+    scenes = [sample_scene(example_rng(2024, index)) for index in range(500)]
+    correct = sum(read_exactly(scene, detect_objects(render_scene(scene))) for scene in scenes)
+    assert correct / len(scenes) >= 0.99
+
+
+def test_detector_reads_the_held_out_colour():
+    scenes = [sample_scene(example_rng(7, index), featured_color="pink") for index in range(60)]
+    assert all(read_exactly(scene, detect_objects(render_scene(scene))) for scene in scenes)
+
+
+def test_detector_tolerates_blur_noise_and_colour_cast():
+    rng = np.random.default_rng(0)
+    scenes = [sample_scene(example_rng(99, index)) for index in range(150)]
+    correct = sum(read_exactly(scene, detect_objects(degrade(render_scene(scene), rng))) for scene in scenes)
+    assert correct / len(scenes) >= 0.97
+
+
+def test_detector_ignores_background_specks_and_streaks():
+    rng = np.random.default_rng(1)
+    white = np.full((64, 64, 3), 255, dtype=np.uint8)
+    assert detect_objects(white) == []
+    assert detect_objects(np.clip(white + rng.normal(0, 12, white.shape), 0, 255).astype(np.uint8)) == []
+    speck = white.copy()
+    speck[10:13, 10:13] = (220, 40, 40)
+    assert detect_objects(speck) == []
+    streak = white.copy()
+    streak[30:32, 5:60] = (40, 80, 220)
+    assert detect_objects(streak) == []
+
+
+def test_detector_accepts_pil_and_float_arrays():
+    scene = Scene((ShapeObject.at("square", "blue", 5, 6, 14), ShapeObject.at("triangle", "yellow", 30, 30, 20)))
+    image = render_scene(scene)
+    from_pil = detect_objects(image)
+    assert [(d.shape, d.color) for d in from_pil] == [("square", "blue"), ("triangle", "yellow")]
+    assert detect_objects(np.asarray(image, dtype=np.float32) / 255.0) == from_pil
+    with pytest.raises(ValueError, match="HxWx3"):
+        detect_objects(np.zeros((3, 64, 64)))
+
+
+def test_generation_score_is_perfect_on_reference_scenes():
+    specs, scenes = generation_prompts(60, seed=8), generation_scenes(60, seed=8)
+    scores = score_generation([render_scene(scene) for scene in scenes], specs)
+    assert list(scores) == [*GENERATION_CATEGORIES, "overall"]
+    assert all(value == 1.0 for value in scores.values())
+    assert score_generation([render_scene(scene) for scene in scenes], [spec.to_dict() for spec in specs]) == scores
+
+
+def test_generation_score_is_low_on_blank_and_mismatched_images():
+    specs, scenes = generation_prompts(60, seed=8), generation_scenes(60, seed=8)
+    blank = Image.new("RGB", (64, 64), (255, 255, 255))
+    assert score_generation([blank] * len(specs), specs)["overall"] == 0.0
+    shuffled = [render_scene(scene) for scene in scenes[1:] + scenes[:1]]
+    assert score_generation(shuffled, specs)["overall"] < 0.4
+
+
+def test_counting_requires_the_exact_number():
+    spec = PromptSpec("counting", "three red circles", (ObjectRequirement("circle", "red", 3, exact=True),))
+    corners = [(2, 2), (40, 2), (2, 40), (40, 40)]
+    for count in (2, 3, 4):
+        scene = Scene(tuple(ShapeObject.at("circle", "red", x, y, 16) for x, y in corners[:count]))
+        assert spec_satisfied(detect_objects(render_scene(scene)), spec) == (count == 3)
+
+
+def test_position_and_colour_binding_are_checked():
+    circle, square = ShapeObject.at("circle", "red", 4, 20, 16), ShapeObject.at("square", "blue", 40, 22, 16)
+    left_of = PromptSpec(
+        "position",
+        "a red circle to the left of a blue square",
+        (ObjectRequirement("circle", "red"), ObjectRequirement("square", "blue")),
+        "left of",
+    )
+    image = render_scene(Scene((circle, square)))
+    assert spec_satisfied(detect_objects(image), left_of)
+    assert not spec_satisfied(detect_objects(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)), left_of)
+    swapped_colours = PromptSpec(
+        "color_attribution",
+        "a blue circle and a red square",
+        (ObjectRequirement("circle", "blue"), ObjectRequirement("square", "red")),
+    )
+    assert not spec_satisfied(detect_objects(image), swapped_colours)
+
+
+def test_scores_table_lists_every_score():
+    table = format_scores_table({"counting": 0.5, "overall": 0.25})
+    assert table.splitlines() == ["| metric | score |", "| --- | ---: |", "| counting | 0.5000 |", "| overall | 0.2500 |"]
+
+
+def test_vqa_accuracy_is_exact_match_after_normalising():
+    assert vqa_accuracy([" Yes", "2", "RED\n", "circle"], ["yes", "3", "red", "square"]) == 0.5
+    with pytest.raises(ValueError):
+        vqa_accuracy(["yes"], ["yes", "no"])
+
+
+def test_psnr_matches_its_formula():
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    assert psnr(image, image) == math.inf
+    zeros, tens = np.zeros((8, 8, 3), np.uint8), np.full((8, 8, 3), 10, np.uint8)
+    assert psnr(zeros, tens) == pytest.approx(10 * math.log10(255**2 / 100))
+    floats = np.zeros((3, 8, 8), np.float32)
+    assert psnr(floats + 0.1, floats) == pytest.approx(10 * math.log10(4 / 0.01), rel=1e-5)
+    assert psnr(torch.from_numpy(floats + 0.1), torch.from_numpy(floats)) == pytest.approx(psnr(floats + 0.1, floats))
+    assert psnr(floats + 0.1, floats, data_range=1.0) == pytest.approx(10 * math.log10(1 / 0.01), rel=1e-5)
+    batch = np.stack([np.full((3, 4, 4), 1.0), np.full((3, 4, 4), 10.0)])
+    expected = (10 * math.log10(255**2 / 1) + 10 * math.log10(255**2 / 100)) / 2
+    assert psnr(batch, np.zeros_like(batch), data_range=255) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="Shapes differ"):
+        psnr(zeros, floats)
