@@ -21,9 +21,3 @@ def _deterministic():
     torch.manual_seed(0)
     torch.use_deterministic_algorithms(True, warn_only=True)
     yield
-
-
-def random_pixels(batch: int, size: int | tuple[int, int], seed: int = 0) -> torch.Tensor:
-    """Pixels in [-1, 1], the package-wide image convention."""
-    height, width = (size, size) if isinstance(size, int) else size
-    return torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(seed)) * 2 - 1

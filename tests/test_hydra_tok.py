@@ -10,7 +10,7 @@ import hydra_hf  # noqa: F401  (registers the Auto classes)
 from hydra_hf import HydraTokConfig, HydraTokModel
 from hydra_hf.training import tokenizer_losses
 
-from .conftest import random_pixels
+from .utils import random_pixels
 
 
 def tiny_model(**overrides) -> HydraTokModel:

@@ -5,7 +5,9 @@ import PIL.Image
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoImageProcessor, AutoTokenizer, PreTrainedConfig, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+import hydra_hf  # noqa: F401  (registers HydraImageProcessor with AutoImageProcessor)
 
 from hydra_hf.data.text_tokenizer import train_word_tokenizer
 from hydra_hf.models.hydra.image_processing_hydra import HydraImageProcessor
@@ -23,17 +25,6 @@ CORPUS = [
     "no",
     "2",
 ]
-
-
-class _StandInConfig(PreTrainedConfig):
-    model_type = "hydra_processing_test"
-
-
-@pytest.fixture(scope="module")
-def registered():
-    """`ProcessorMixin.from_pretrained` loads the image processor through `AutoImageProcessor`, which only finds
-    registered classes; hydra_hf registers it under `HydraConfig`, a stand-in config does here."""
-    AutoImageProcessor.register(_StandInConfig, image_processor_classes={"pil": HydraImageProcessor}, exist_ok=True)
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +230,7 @@ def test_missing_image_tokens_are_added_to_the_tokenizer():
     assert inputs.input_ids[0, 0] == 2 and image_runs(inputs.input_ids[0], processor) == [64]
 
 
-def test_processor_save_and_load(tmp_path, tokenizer, registered):
+def test_processor_save_and_load(tmp_path, tokenizer):
     processor = HydraProcessor(HydraImageProcessor(size={"height": 32, "width": 48}, patch_size=4), tokenizer)
     processor.save_pretrained(tmp_path)
     reloaded = HydraProcessor.from_pretrained(tmp_path)

@@ -156,16 +156,20 @@ class HydraProcessor(ProcessorMixin):
 
         return BatchFeature(data=data, tensor_type=return_tensors)
 
-    def build_generation_prompt(self, prompt: str | list[str]) -> str | list[str]:
+    def build_generation_prompt(self, prompt: str | list[str], target_image: bool = False) -> str | list[str]:
         """
         Text-to-image prompt(s): the chat template applied to a user turn holding `prompt`, the assistant turn opened,
         then `<begin_of_image>`; the model generates the image tokens from there. Pass the result as `text=` to the
         processor. An empty prompt gives the unconditional prompt of classifier-free guidance.
+
+        With `target_image=True` the prompt ends in an `<image>` placeholder instead, for training: pass the target
+        image with it and the processor expands it to `<begin_of_image>` + image tokens + `<end_of_image>`.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         conversations = [[{"role": "user", "content": [{"type": "text", "text": p}]}] for p in prompts]
         texts = self.apply_chat_template(conversations, add_generation_prompt=True)
-        texts = [sample + self.boi_token for sample in texts]
+        ending = self.image_token if target_image else self.boi_token
+        texts = [sample + ending for sample in texts]
         return texts[0] if isinstance(prompt, str) else texts
 
     def postprocess(

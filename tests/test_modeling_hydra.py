@@ -1,0 +1,321 @@
+import pytest
+import torch
+from PIL import Image
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageTextToText,
+    AutoModelForMultimodalLM,
+    AutoProcessor,
+    TextIteratorStreamer,
+)
+
+import hydra_hf  # noqa: F401  (registers the Auto classes)
+from hydra_hf import HydraConfig, HydraForConditionalGeneration, HydraModel, HydraProcessor, HydraTokConfig
+
+from .utils import random_pixels, tiny_config, tiny_hydra, tiny_processor
+
+N = 16  # image tokens of a 32 px image with 8 px patches
+
+
+def understanding_inputs(processor: HydraProcessor, questions: list[str], colours: list[tuple[int, int, int]]):
+    conversations = [
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}] for question in questions
+    ]
+    texts = processor.apply_chat_template(conversations, add_generation_prompt=True)
+    images = [Image.new("RGB", (32, 32), colour) for colour in colours]
+    return processor(text=texts, images=images)
+
+
+def generation_ids(processor: HydraProcessor, prompts: list[str]):
+    return processor(text=processor.build_generation_prompt(prompts))
+
+
+def perturb_token_hook(token_index: int, scale: float = 5.0):
+    """A projector hook that changes the visual token `token_index` of every image, and nothing else."""
+
+    def hook(module, inputs, output):
+        changed = output.clone()
+        changed[:, token_index] += scale
+        return changed
+
+    return hook
+
+
+# ------------------------------------------------------------------------------------------------- config / auto
+def test_presets_compose_an_llm_and_hydra_tok():
+    big = HydraConfig.from_preset("hydra-1.5b")
+    assert big.text_config.model_type == "qwen2" and big.text_config.hidden_size == 1536
+    assert isinstance(big.vision_config, HydraTokConfig) and big.vision_config.latent_channels == 64
+    assert big.tie_word_embeddings and big.num_image_tokens == 1024
+    seven = HydraConfig.from_preset("hydra-7b")
+    assert seven.text_config.hidden_size == 3584 and not seven.tie_word_embeddings
+    assert (seven.ntp_weight, seven.flow_weight, seven.llm_vision_input) == (1.0, 1.0, "semantic")
+    with pytest.raises(Exception, match="outside the LLM vocabulary"):
+        HydraConfig.from_preset("tiny", image_token_id=10_000)
+    with pytest.raises(Exception, match="llm_vision_input"):
+        HydraConfig.from_preset("tiny", llm_vision_input="pixels")
+
+
+def test_model_and_processor_round_trip_through_the_auto_classes(tmp_path):
+    model, processor = tiny_hydra(), tiny_processor()
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    assert "model.safetensors" in {p.name for p in tmp_path.iterdir()}
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), HydraConfig)
+    assert type(AutoModel.from_pretrained(tmp_path)) is HydraModel
+    for auto_class in (AutoModelForImageTextToText, AutoModelForMultimodalLM):
+        assert type(auto_class.from_pretrained(tmp_path)) is HydraForConditionalGeneration
+    loaded_processor = AutoProcessor.from_pretrained(tmp_path)
+    assert type(loaded_processor) is HydraProcessor
+    loaded = HydraForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+
+    inputs = understanding_inputs(processor, ["what color is the shape ?"], [(255, 0, 0)])
+    reloaded_inputs = understanding_inputs(loaded_processor, ["what color is the shape ?"], [(255, 0, 0)])
+    assert torch.equal(inputs["input_ids"], reloaded_inputs["input_ids"])
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, loaded(**reloaded_inputs).logits)
+
+
+# -------------------------------------------------------------------------------------------- attention pattern
+def test_image_tokens_attend_bidirectionally_and_text_causally():
+    model, processor = tiny_hydra(), tiny_processor()
+    inputs = understanding_inputs(processor, ["what color is the shape ?"], [(255, 0, 0)])
+    image_positions = torch.nonzero(inputs["input_ids"][0] == processor.image_token_id).flatten()
+    first_image, last_image = int(image_positions[0]), int(image_positions[-1])
+    with torch.no_grad():
+        base = model.model(**inputs).last_hidden_state[0]
+        handle = model.model.projector.register_forward_hook(perturb_token_hook(N - 1))
+        changed = model.model(**inputs).last_hidden_state[0]
+        handle.remove()
+    difference = (changed - base).abs().amax(-1)
+    # A later image token changes earlier tokens of the same image ...
+    assert difference[first_image : last_image].min() > 1e-4
+    # ... but never the text before the image, while the text after it does see the change.
+    assert difference[:first_image].max() == 0
+    assert difference[last_image + 1 :].min() > 1e-4
+
+
+def test_the_images_of_a_sequence_are_separate_blocks():
+    model, processor = tiny_hydra(), tiny_processor()
+    conversation = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "a red square"}, {"type": "image"}]}]]
+    text = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    inputs = processor(text=text, images=[Image.new("RGB", (32, 32), (255, 0, 0)), Image.new("RGB", (32, 32), (0, 0, 255))])
+    image_positions = torch.nonzero(inputs["input_ids"][0] == processor.image_token_id).flatten()
+    first_block, second_block = image_positions[:N], image_positions[N:]
+
+    def hook(module, args, output):  # change the last token of the second image only
+        changed = output.clone()
+        changed[1, N - 1] += 5.0
+        return changed
+
+    with torch.no_grad():
+        base = model.model(**inputs).last_hidden_state[0]
+        handle = model.model.projector.register_forward_hook(hook)
+        changed = model.model(**inputs).last_hidden_state[0]
+        handle.remove()
+    difference = (changed - base).abs().amax(-1)
+    assert difference[first_block].max() == 0
+    assert difference[second_block[:-1]].min() > 1e-4
+
+
+# --------------------------------------------------------------------------------------------------- understanding
+def test_left_padded_batch_generates_the_same_tokens_as_one_by_one():
+    model, processor = tiny_hydra(seed=1), tiny_processor()
+    questions = ["what color is the shape ?", "describe the image . what shape is it ? yes no"]
+    colours = [(220, 40, 40), (40, 80, 220)]
+    batch = understanding_inputs(processor, questions, colours)
+    assert (batch["attention_mask"] == 0).any()  # the shorter prompt really is left-padded
+    batched = model.generate(**batch, max_new_tokens=6, do_sample=False)[:, batch["input_ids"].shape[1] :]
+    for row, (question, colour) in enumerate(zip(questions, colours)):
+        single = understanding_inputs(processor, [question], [colour])
+        alone = model.generate(**single, max_new_tokens=6, do_sample=False)[:, single["input_ids"].shape[1] :]
+        assert torch.equal(batched[row], alone[0])
+
+
+def test_generate_uses_the_kv_cache_and_streams():
+    model, processor = tiny_hydra(seed=2), tiny_processor()
+    inputs = understanding_inputs(processor, ["what color is the shape ?"], [(40, 170, 60)])
+    with_cache = model.generate(**inputs, max_new_tokens=5, do_sample=False, use_cache=True)
+    without_cache = model.generate(**inputs, max_new_tokens=5, do_sample=False, use_cache=False)
+    assert torch.equal(with_cache, without_cache)
+    streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True)
+    streamed = model.generate(**inputs, max_new_tokens=5, do_sample=False, streamer=streamer)
+    text = "".join(streamer)
+    expected = processor.tokenizer.decode(streamed[0, inputs["input_ids"].shape[1] :])
+    assert text.split() == expected.split() and len(text.split()) > 0
+
+
+def test_the_image_changes_the_answer_distribution():
+    model, processor = tiny_hydra(), tiny_processor()
+    red = understanding_inputs(processor, ["what color is the shape ?"], [(255, 0, 0)])
+    blue = understanding_inputs(processor, ["what color is the shape ?"], [(0, 0, 255)])
+    with torch.no_grad():
+        assert not torch.allclose(model(**red).logits[:, -1], model(**blue).logits[:, -1])
+
+
+# ------------------------------------------------------------------------------------------------------ generation
+def test_cached_and_uncached_velocity_agree_and_the_cache_is_reused():
+    model, processor = tiny_hydra(), tiny_processor()
+    prompts = generation_ids(processor, ["a red square", "a blue circle and a green square"])
+    latents = torch.randn(2, 8, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        cache = model.prepare_prompt_cache(prompts["input_ids"], prompts["attention_mask"])
+        prompt_length = cache.cache.get_seq_length()
+        cached = model.flow_velocity(latents, 0.7, prompt_cache=cache)
+        assert cache.cache.get_seq_length() == prompt_length  # cropped back: ready for the next step
+        again = model.flow_velocity(latents, 0.7, prompt_cache=cache)
+        uncached = model.flow_velocity(latents, 0.7, input_ids=prompts["input_ids"], attention_mask=prompts["attention_mask"])
+        other_time = model.flow_velocity(latents, 0.2, prompt_cache=cache)
+    assert cached.shape == (2, 8, 4, 4)
+    assert torch.allclose(cached, uncached, atol=1e-5)
+    assert torch.equal(cached, again)
+    assert not torch.allclose(cached, other_time)
+
+
+def test_velocity_of_a_batch_equals_each_prompt_alone():
+    model, processor = tiny_hydra(), tiny_processor()
+    prompts = ["a red square", "a blue circle and a green square"]
+    batch = generation_ids(processor, prompts)
+    latents = torch.randn(2, 8, 4, 4, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        together = model.flow_velocity(latents, 0.5, prompt_cache=model.prepare_prompt_cache(**batch))
+        for row, prompt in enumerate(prompts):
+            single = generation_ids(processor, [prompt])
+            alone = model.flow_velocity(latents[row : row + 1], 0.5, prompt_cache=model.prepare_prompt_cache(**single))
+            assert torch.allclose(together[row], alone[0], atol=1e-5)
+
+
+def test_generation_training_builds_noisy_tokens_and_a_flow_loss():
+    model, processor = tiny_hydra(), tiny_processor()
+    text = processor.build_generation_prompt("a red square", target_image=True)
+    inputs = processor(text=[text], images=[Image.new("RGB", (32, 32), (255, 0, 0))])
+    sampling_prompt = generation_ids(processor, ["a red square"])["input_ids"][0]
+    # Training sees exactly the sampling prompt (ending in begin-of-image), then the image tokens, then end-of-image.
+    assert torch.equal(inputs["input_ids"][0, : len(sampling_prompt)], sampling_prompt)
+    assert int((inputs["input_ids"] == processor.image_token_id).sum()) == N
+    assert inputs["input_ids"][0, -1] == processor.eoi_token_id
+    noise = torch.randn(1, 8, 4, 4, generator=torch.Generator().manual_seed(0))
+    flags = torch.tensor([True])
+    with torch.no_grad():
+        early = model(**inputs, image_generation_mask=flags, timesteps=torch.tensor([0.1]), noise=noise)
+        late = model(**inputs, image_generation_mask=flags, timesteps=torch.tensor([0.9]), noise=noise)
+        clean_latent = model.vision_model.normalize_latents(model.model.image_latents(inputs["pixel_values"]))
+    expected_target = (noise - clean_latent).flatten(2).transpose(1, 2)
+    assert early.flow_prediction.shape == (1, N, 8) and early.loss_ntp is None
+    assert torch.allclose(early.loss_flow, torch.nn.functional.mse_loss(early.flow_prediction, expected_target), atol=1e-6)
+    assert not torch.allclose(early.flow_prediction, late.flow_prediction)  # time reaches the head
+
+
+def mixed_batch(processor: HydraProcessor):
+    """Row 0 answers about an image (labels on the answer); row 1 generates an image from a caption."""
+    understanding = processor.apply_chat_template(
+        [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what color is the shape ?"}]},
+          {"role": "assistant", "content": "red"}]]
+    )[0]
+    generation = processor.build_generation_prompt("a blue circle", target_image=True)
+    images = [Image.new("RGB", (32, 32), (255, 0, 0)), Image.new("RGB", (32, 32), (0, 0, 255))]
+    inputs = processor(text=[understanding, generation], images=images)
+    labels = torch.full_like(inputs["input_ids"], -100)
+    answer = processor.tokenizer.convert_tokens_to_ids("red")
+    labels[0][inputs["input_ids"][0] == answer] = answer
+    return inputs, labels, torch.tensor([False, True])
+
+
+def test_a_mixed_batch_returns_both_losses_from_one_forward():
+    model, processor = tiny_hydra(), tiny_processor()
+    inputs, labels, flags = mixed_batch(processor)
+    out = model(**inputs, labels=labels, image_generation_mask=flags)
+    assert out.loss_ntp is not None and out.loss_flow is not None
+    assert torch.allclose(out.loss, out.loss_ntp + out.loss_flow)
+    weighted = tiny_hydra(ntp_weight=0.5, flow_weight=2.0)
+    out = weighted(**inputs, labels=labels, image_generation_mask=flags, timesteps=torch.tensor([0.5]), noise=torch.zeros(1, 8, 4, 4))
+    assert torch.allclose(out.loss, 0.5 * out.loss_ntp + 2.0 * out.loss_flow)
+
+
+def test_gradients_reach_flow_head_projector_time_embedding_and_llm():
+    model, processor = tiny_hydra().train(), tiny_processor()
+    inputs, labels, flags = mixed_batch(processor)
+    model(**inputs, labels=labels, image_generation_mask=flags).loss.backward()
+    for name in ("flow_head.output_proj.weight", "flow_head.blocks.0.modulation.weight", "model.projector.linear_1.weight",
+                 "model.time_embedding.linear_1.weight", "model.language_model.layers.0.self_attn.q_proj.weight",
+                 "lm_head.weight", "model.vision_model.sem_vit.layers.0.mlp.fc1.weight"):
+        grad = model.get_parameter(name).grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_eager_and_sdpa_agree(tmp_path):
+    tiny_hydra().save_pretrained(tmp_path)
+    eager = HydraForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    sdpa = HydraForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
+    assert eager.model.language_model.config._attn_implementation == "eager"
+    assert eager.vision_model.config._attn_implementation == "eager"
+    assert sdpa.model.language_model.config._attn_implementation == "sdpa"
+    processor = tiny_processor()
+    inputs, labels, flags = mixed_batch(processor)
+    noise, t = torch.randn(1, 8, 4, 4), torch.tensor([0.4])
+    prompts = generation_ids(processor, ["a red square", "a blue circle and a green square"])
+    latents = torch.randn(2, 8, 4, 4)
+    with torch.no_grad():
+        a = eager(**inputs, labels=labels, image_generation_mask=flags, timesteps=t, noise=noise)
+        b = sdpa(**inputs, labels=labels, image_generation_mask=flags, timesteps=t, noise=noise)
+        va = eager.flow_velocity(latents, 0.3, prompt_cache=eager.prepare_prompt_cache(**prompts))
+        vb = sdpa.flow_velocity(latents, 0.3, prompt_cache=sdpa.prepare_prompt_cache(**prompts))
+    valid = inputs["attention_mask"].bool()
+    assert torch.allclose(a.logits[valid], b.logits[valid], atol=1e-5)
+    assert torch.allclose(a.flow_prediction, b.flow_prediction, atol=1e-5)
+    assert torch.allclose(va, vb, atol=1e-5)
+
+
+def test_llama_backbone_through_config_alone():
+    model, processor = tiny_hydra(text_model_type="llama"), tiny_processor()
+    assert model.model.language_model.config.model_type == "llama"
+    inputs, labels, flags = mixed_batch(processor)
+    out = model(**inputs, labels=labels, image_generation_mask=flags)
+    assert torch.isfinite(out.loss)
+    single = understanding_inputs(processor, ["what color is the shape ?"], [(255, 0, 0)])
+    assert model.generate(**single, max_new_tokens=3, do_sample=False).shape[1] == single["input_ids"].shape[1] + 3
+    prompts = generation_ids(processor, ["a red square"])
+    latents = torch.randn(1, 8, 4, 4)
+    with torch.no_grad():
+        cached = model.flow_velocity(latents, 0.5, prompt_cache=model.prepare_prompt_cache(**prompts))
+        uncached = model.flow_velocity(latents, 0.5, **prompts)
+    assert torch.allclose(cached, uncached, atol=1e-5)
+
+
+def test_bottleneck_input_switch_skips_sem_vit():
+    model, processor = tiny_hydra(llm_vision_input="bottleneck"), tiny_processor()
+    inputs = understanding_inputs(processor, ["what color is the shape ?"], [(255, 0, 0)])
+    with torch.no_grad():
+        base = model(**inputs).logits
+        for parameter in model.vision_model.sem_vit.parameters():
+            parameter.add_(1.0)
+        assert torch.equal(model(**inputs).logits, base)
+
+
+# ---------------------------------------------------------------------------------------------------------- errors
+def test_placeholder_count_mismatch_is_a_clear_error():
+    model, processor = tiny_hydra(), tiny_processor()
+    inputs = understanding_inputs(processor, ["what color is the shape ?"], [(255, 0, 0)])
+    with pytest.raises(ValueError, match=r"has 16 image tokens but 2 image\(s\) of 16 tokens each need 32"):
+        model(input_ids=inputs["input_ids"], pixel_values=random_pixels(2, 32))
+    with pytest.raises(ValueError, match="neither pixel_values nor image_latents"):
+        model(input_ids=inputs["input_ids"])
+    with pytest.raises(ValueError, match=r"image_generation_mask must have shape \[1\]"):
+        model(**inputs, image_generation_mask=torch.tensor([True, False]))
+
+
+def test_parameter_counts_of_presets_on_meta_device():
+    with torch.device("meta"):
+        model = HydraForConditionalGeneration(HydraConfig.from_preset("hydra-1.5b"))
+    llm = sum(p.numel() for p in model.model.language_model.parameters())
+    assert 1.3e9 < llm < 1.6e9  # Qwen2.5-1.5B without its (tied) LM head
+    assert model.lm_head.weight is model.model.language_model.embed_tokens.weight
+
+
+def test_tiny_config_is_consistent_with_the_processor():
+    config, processor = tiny_config(), tiny_processor()
+    assert (config.image_token_id, config.boi_token_id, config.eoi_token_id) == (
+        processor.image_token_id, processor.boi_token_id, processor.eoi_token_id)
+    assert processor.image_processor.num_image_tokens(32, 32) == config.num_image_tokens

@@ -1,0 +1,70 @@
+"""Tiny models, processors and data shared by the tests (all offline, all seeded)."""
+
+import functools
+
+import torch
+
+from hydra_hf import HydraConfig, HydraForConditionalGeneration, HydraImageProcessor, HydraProcessor
+from hydra_hf.data.text_tokenizer import train_word_tokenizer
+
+COLOURS = ("red", "green", "blue", "yellow")
+SHAPES = ("square", "circle")
+CORPUS = [f"a {colour} {shape}" for colour in COLOURS for shape in SHAPES] + [
+    "what color is the shape ?",
+    "what shape is it ?",
+    "describe the image .",
+    "yes no",
+]
+
+
+def random_pixels(batch: int, size: int | tuple[int, int], seed: int = 0) -> torch.Tensor:
+    """Pixels in [-1, 1], the package-wide image convention."""
+    height, width = (size, size) if isinstance(size, int) else size
+    return torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+@functools.cache
+def _tokenizer():
+    return train_word_tokenizer(CORPUS)
+
+
+def tiny_processor(image_size: int = 32, patch_size: int = 8) -> HydraProcessor:
+    image_processor = HydraImageProcessor(size={"height": image_size, "width": image_size}, patch_size=patch_size)
+    return HydraProcessor(image_processor=image_processor, tokenizer=_tokenizer())
+
+
+def tiny_config(text_model_type: str = "qwen2", **overrides) -> HydraConfig:
+    """The tiny preset wired to the test tokenizer's vocabulary and image-token ids."""
+    tokenizer = _tokenizer()
+    text = {
+        "vocab_size": len(tokenizer),
+        "model_type": text_model_type,
+        "pad_token_id": tokenizer.pad_token_id,
+        **overrides.pop("text_config", {}),
+    }
+    return HydraConfig.from_preset(
+        "tiny",
+        text_config=text,
+        image_token_id=tokenizer.image_token_id,
+        boi_token_id=tokenizer.boi_token_id,
+        eoi_token_id=tokenizer.eoi_token_id,
+        **overrides,
+    )
+
+
+def tiny_hydra(seed: int = 0, **config_overrides) -> HydraForConditionalGeneration:
+    torch.manual_seed(seed)
+    return HydraForConditionalGeneration(tiny_config(**config_overrides)).eval()
+
+
+def flat_shape_image(colour_rgb: tuple[int, int, int], shape: str, size: int = 32, offset: int = 0) -> torch.Tensor:
+    """A white canvas with one flat-coloured square or disc, in [-1, 1]."""
+    image = torch.ones(3, size, size)
+    rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    centre, radius = size // 2 + offset, size // 4
+    if shape == "square":
+        mask = ((rows - centre).abs() <= radius) & ((cols - centre).abs() <= radius)
+    else:
+        mask = (rows - centre) ** 2 + (cols - centre) ** 2 <= radius**2
+    image[:, mask] = torch.tensor(colour_rgb, dtype=torch.float32)[:, None] / 127.5 - 1
+    return image
