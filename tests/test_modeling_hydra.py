@@ -319,3 +319,58 @@ def test_tiny_config_is_consistent_with_the_processor():
     assert (config.image_token_id, config.boi_token_id, config.eoi_token_id) == (
         processor.image_token_id, processor.boi_token_id, processor.eoi_token_id)
     assert processor.image_processor.num_image_tokens(32, 32) == config.num_image_tokens
+
+
+# -------------------------------------------------------------------------------------------------- learning check
+def shapes_batch(processor):
+    """Eight flat shapes; each appears once as a colour question (understanding) and once as a caption to draw."""
+    from .utils import COLOURS, SHAPES, flat_shape_image
+
+    rgb = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (240, 200, 30)}
+    combos = [(colour, shape) for colour in COLOURS for shape in SHAPES]
+    images = [flat_shape_image(rgb[colour], shape) for colour, shape in combos]
+    questions = processor.apply_chat_template(
+        [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what color is the shape ?"}]},
+          {"role": "assistant", "content": colour}] for colour, _ in combos]
+    )
+    captions = [processor.build_generation_prompt(f"a {colour} {shape}", target_image=True) for colour, shape in combos]
+    uint8 = [image.add(1).mul(127.5).round().byte().permute(1, 2, 0).numpy() for image in images]
+    inputs = processor(text=questions + captions, images=uint8 * 2)
+    labels = torch.full_like(inputs["input_ids"], -100)
+    for row, (colour, _) in enumerate(combos):
+        answer = processor.tokenizer.convert_tokens_to_ids(colour)
+        labels[row][inputs["input_ids"][row] == answer] = answer
+    return inputs, labels, torch.tensor([False] * 8 + [True] * 8)
+
+
+def test_a_few_hundred_steps_clearly_lower_both_losses():
+    model, processor = tiny_hydra().train(), tiny_processor()
+    inputs, labels, flags = shapes_batch(processor)
+    vision = model.vision_model
+    with torch.no_grad():  # per-channel latent statistics, as a trained tokenizer's config carries them
+        latents = model.model.image_latents(inputs["pixel_values"][:8])
+    vision.config.latents_mean = latents.mean(dim=(0, 2, 3)).tolist()
+    vision.config.latents_std = latents.std(dim=(0, 2, 3)).tolist()
+    # As in the unified stages, the generative half of the tokenizer stays frozen; Sem-ViT, projector, time
+    # embedding, flow head and LLM train.
+    for module in (vision.embeddings, vision.gen_vit, vision.bottleneck.proj, vision.decoder):
+        module.requires_grad_(False)
+    generator = torch.Generator().manual_seed(0)
+    fixed = dict(timesteps=torch.rand(8, generator=generator), noise=torch.randn(8, 8, 4, 4, generator=generator))
+
+    def evaluate():
+        with torch.no_grad():
+            out = model(**inputs, labels=labels, image_generation_mask=flags, **fixed)
+        return out.loss_ntp.item(), out.loss_flow.item()
+
+    ntp_start, flow_start = evaluate()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    for _ in range(300):
+        loss = model(**inputs, labels=labels, image_generation_mask=flags).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    ntp_end, flow_end = evaluate()
+    print(f"tiny HYDRA losses: ntp {ntp_start:.3f} -> {ntp_end:.3f}, flow {flow_start:.3f} -> {flow_end:.3f}")
+    assert ntp_end < 0.5 * ntp_start
+    assert flow_end < 0.75 * flow_start
