@@ -23,6 +23,7 @@ from .models.hydra import (
     HydraPromptCache,
 )
 from .models.hydra_tok import HYDRA_TOK_PRESETS, HydraTokConfig, HydraTokModel, HydraTokOutput
+from .pipelines import HydraPipeline
 
 __version__ = "0.1.0.dev0"
 
@@ -43,6 +44,7 @@ __all__ = [
     "HydraForConditionalGeneration",
     "HydraImageProcessor",
     "HydraModel",
+    "HydraPipeline",
     "HydraProcessor",
     "HydraPromptCache",
     "HydraTokConfig",

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 from transformers import AutoModel, Cache, DynamicCache, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
@@ -435,7 +436,9 @@ class HydraForConditionalGeneration(HydraPreTrainedModel, GenerationMixin):
         )
 
     # ------------------------------------------------------------------------------------- text-to-image sampling
+    # Sampling does not go through `forward`; `apply_forward_hook` lets accelerate's offload hooks move the model.
     @torch.no_grad()
+    @apply_forward_hook
     def prepare_prompt_cache(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> HydraPromptCache:
         """Run the (left-padded) prompts once; every sampling step then only feeds the image tokens."""
         if attention_mask is None:
@@ -448,6 +451,7 @@ class HydraForConditionalGeneration(HydraPreTrainedModel, GenerationMixin):
             cache=outputs.cache, attention_mask=attention_mask, next_position_ids=position_ids[:, -1:] + 1
         )
 
+    @apply_forward_hook
     def flow_velocity(
         self,
         latents: torch.Tensor,

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps, get_2d_sincos_pos_embed_from_grid
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
+from diffusers.utils.accelerate_utils import apply_forward_hook
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 from transformers import PreTrainedModel
@@ -47,6 +48,11 @@ class HydraTokOutput(ModelOutput):
     distillation_hidden_states (`tuple` of `[B, N, D]`): patch-token outputs of the blocks in
         `config.distillation_layers`, in that order.
     kl_loss, cosine_loss (scalars): the GSB regularisers of Eq. 3 and Eq. 4, averaged over tokens.
+    loss (scalar, with `return_loss=True`): `flow_weight * loss_flow + kl_weight * kl_loss + cosine_weight *
+        cosine_loss`, the terms of the tokenizer objective that need nothing outside the model.
+    loss_flow (scalar): the pixel decoder's flow-matching loss (Eq. 7) at a random time.
+    clean_estimate (`[B, 3, H, W]`): the decoder's one-step estimate of the clean image at that time, on which
+        trainers add the perceptual and adversarial terms.
     """
 
     latent_mean: torch.Tensor | None = None
@@ -58,6 +64,9 @@ class HydraTokOutput(ModelOutput):
     distillation_hidden_states: tuple[torch.Tensor, ...] | None = None
     kl_loss: torch.Tensor | None = None
     cosine_loss: torch.Tensor | None = None
+    loss: torch.Tensor | None = None
+    loss_flow: torch.Tensor | None = None
+    clean_estimate: torch.Tensor | None = None
 
 
 def eager_attention_forward(
@@ -396,16 +405,19 @@ class HydraTokModel(HydraTokPreTrainedModel):
         generator: torch.Generator | None = None,
         output_distillation_states: bool = False,
         bypass_bottleneck: bool = False,
+        return_loss: bool = False,
         return_dict: bool = True,
         **kwargs,
     ) -> HydraTokOutput | tuple:
         r"""
         One pass through Gen-ViT, the GSB and Sem-ViT.
 
-        generator: seeds the reparameterised latent sample.
+        generator: seeds the reparameterised latent sample (and, with `return_loss`, the decoder's noise and time).
         output_distillation_states: also return the outputs of `config.distillation_layers`.
         bypass_bottleneck: run the blocks as the plain pretrained ViT (Sem-ViT reads H_mid, CLS included): the
             self-distillation teacher and the converters' equivalence checks use this.
+        return_loss: also run the pixel decoder at a random time (logit-normal) and return the tokenizer loss.
+            It lives in `forward` so that distributed wrappers see every trainable parameter used in one call.
         """
         pixel_values = self._check_pixel_values(pixel_values)
         grid = (pixel_values.shape[2] // self.config.patch_size, pixel_values.shape[3] // self.config.patch_size)
@@ -435,19 +447,29 @@ class HydraTokModel(HydraTokPreTrainedModel):
         kl_loss = (-0.5 * (1 + logvar - mean.pow(2) - logvar.exp()).sum(dim=-1)).mean()
         cosine_loss = (1 - F.cosine_similarity(patch_mid, hidden_bottleneck, dim=-1)).mean()
         distill = [state[:, has_cls:] for state in gen_states] + sem_states
+        latents = tokens_to_grid(latent_tokens, grid)
+        loss = loss_flow = clean_estimate = None
+        if return_loss:
+            loss_flow, clean_estimate = self._decoder_flow_loss(pixel_values, latents, generator)
+            config = self.config
+            loss = config.flow_weight * loss_flow + config.kl_weight * kl_loss + config.cosine_weight * cosine_loss
         output = HydraTokOutput(
             latent_mean=tokens_to_grid(mean, grid),
             latent_logvar=tokens_to_grid(logvar, grid),
-            latents=tokens_to_grid(latent_tokens, grid),
+            latents=latents,
             hidden_mid=hidden_mid,
             hidden_bottleneck=hidden_bottleneck,
             semantic_features=semantic,
             distillation_hidden_states=tuple(distill) if output_distillation_states else None,
             kl_loss=kl_loss,
             cosine_loss=cosine_loss,
+            loss=loss,
+            loss_flow=loss_flow,
+            clean_estimate=clean_estimate,
         )
         return output if return_dict else output.to_tuple()
 
+    @apply_forward_hook
     def encode(self, pixel_values: torch.Tensor, return_dict: bool = True) -> AutoencoderKLOutput | tuple:
         """Pixels in [-1, 1] -> the GSB posterior over latents `[B, C, H/p, W/p]` (diffusers' VAE contract)."""
         pixel_values = self._check_pixel_values(pixel_values)
@@ -483,6 +505,19 @@ class HydraTokModel(HydraTokPreTrainedModel):
         t = timesteps.to(prediction.dtype).clamp(min=_MIN_SAMPLE_PREDICTION_TIME).view(-1, 1, 1, 1)
         return (noisy_pixels - prediction) / t
 
+    def _decoder_flow_loss(
+        self, pixel_values: torch.Tensor, latents: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 7 at logit-normal times, and the one-step clean estimate for the perceptual/GAN terms."""
+        noise = randn_tensor(pixel_values.shape, generator=generator, device=pixel_values.device, dtype=pixel_values.dtype)
+        t = flow_matching.sample_timesteps(pixel_values.shape[0], generator=generator, device=pixel_values.device)
+        t = t.to(pixel_values.dtype)
+        noisy = flow_matching.interpolate(pixel_values, noise, t)
+        velocity = self.decoder_velocity(noisy, t, latents)
+        loss = F.mse_loss(velocity.float(), flow_matching.velocity_target(pixel_values, noise).float())
+        return loss, flow_matching.clean_estimate(noisy, velocity, t)
+
+    @apply_forward_hook
     def decode(
         self,
         latents: torch.Tensor,

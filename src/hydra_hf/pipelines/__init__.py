@@ -1,0 +1,3 @@
+from .pipeline_hydra import HydraPipeline
+
+__all__ = ["HydraPipeline"]

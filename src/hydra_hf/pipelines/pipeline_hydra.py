@@ -1,0 +1,362 @@
+"""Text-to-image with HYDRA as a diffusers pipeline: the flow head's velocity integrated by a flow-match Euler
+scheduler over the normalised GSB latent, then the pixel flow decoder."""
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+from diffusers.utils.torch_utils import randn_tensor
+from huggingface_hub import snapshot_download
+
+from .. import flow_matching
+from ..models.hydra import HydraForConditionalGeneration, HydraProcessor
+
+__all__ = ["HydraPipeline"]
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+StepCallback = Callable[[DiffusionPipeline, int, torch.Tensor, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+# Hub arguments `snapshot_download` takes; the rest of `from_pretrained`'s keyword arguments go to the loaders.
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "revision", "token")
+
+
+class HydraPipeline(DiffusionPipeline):
+    r"""
+    Text-to-image with HYDRA: `HydraPipeline.from_pretrained(path)(prompt).images[0]`.
+
+    The prompt runs through the LLM once; its KV cache is then reused at every step, where only the image tokens
+    (`noisy latent -> Sem-ViT -> projector + time embedding`) pass through the LLM and the flow head predicts the
+    latent's velocity. Classifier-free guidance runs the unconditional and conditional rows as one batch.
+
+    Args:
+        model ([`HydraForConditionalGeneration`]): the unified model (LLM, HYDRA-TOK, flow head).
+        processor ([`HydraProcessor`]): chat template and tokenizer for the prompts; turns pixels into PIL images.
+        scheduler ([`FlowMatchEulerDiscreteScheduler`], *optional*): defaults to the schedule the model samples
+            with, `shift=model.config.timestep_shift`. Diffusers' `sigma` is our flow time `t` (1 = noise,
+            0 = clean) and its Euler step `x + (sigma_next - sigma) * v` is ours, for the velocity `eps - x`.
+    """
+
+    model_cpu_offload_seq = "model"
+    _optional_components = ["scheduler"]
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(
+        self,
+        model: HydraForConditionalGeneration,
+        processor: HydraProcessor,
+        scheduler: FlowMatchEulerDiscreteScheduler | None = None,
+    ):
+        super().__init__()
+        if scheduler is None:
+            scheduler = FlowMatchEulerDiscreteScheduler(shift=model.config.timestep_shift)
+        self.register_modules(model=model, processor=processor, scheduler=scheduler)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "HydraPipeline":
+        """
+        Loads a pipeline folder (`model_index.json`) or a folder that `HydraForConditionalGeneration.save_pretrained`
+        and `HydraProcessor.save_pretrained` wrote (one checkpoint, every front door). Hub ids are downloaded first:
+        diffusers' own download rejects components whose library is not diffusers or transformers.
+        """
+        path = Path(pretrained_model_name_or_path)
+        if not path.is_dir():
+            hub_kwargs = {name: kwargs.pop(name) for name in _HUB_KWARGS if name in kwargs}
+            path = Path(snapshot_download(str(pretrained_model_name_or_path), **hub_kwargs))
+        if (path / "model_index.json").is_file() or not (path / "config.json").is_file():
+            return super().from_pretrained(path, **kwargs)
+
+        components = {name: kwargs.pop(name) for name in ("model", "processor", "scheduler") if name in kwargs}
+        if "torch_dtype" in kwargs:  # diffusers' older name for `dtype`
+            kwargs.setdefault("dtype", kwargs.pop("torch_dtype"))
+        if "model" not in components:
+            components["model"] = HydraForConditionalGeneration.from_pretrained(path, **kwargs)
+        if "processor" not in components:
+            components["processor"] = HydraProcessor.from_pretrained(path)
+        return cls(**components)
+
+    # -------------------------------------------------------------------------------------------- properties
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        """`v = v_uncond + g (v_cond - v_uncond)` equals the conditional velocity exactly when g = 1."""
+        return self._guidance_scale != 1.0
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    @property
+    def patch_size(self) -> int:
+        return self.model.vision_model.config.patch_size
+
+    # ----------------------------------------------------------------------------------------------- helpers
+    def check_inputs(
+        self,
+        prompt,
+        negative_prompt,
+        height: int,
+        width: int,
+        num_inference_steps: int,
+        guidance_scale: float,
+        num_images_per_prompt: int,
+        generator,
+        latents: torch.Tensor | None,
+        output_type: str,
+        callback_on_step_end_tensor_inputs: list[str] | None,
+        decoder_num_inference_steps: int | None,
+    ) -> None:
+        """Every bad argument is a `ValueError` that says what was expected, before any model work is done."""
+        if isinstance(prompt, str):
+            batch_size = 1
+        elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+            batch_size = len(prompt)
+        else:
+            raise ValueError(f"`prompt` must be a string or a non-empty list of strings, got {prompt!r}")
+        if negative_prompt is not None and not isinstance(negative_prompt, str):
+            if not isinstance(negative_prompt, list) or len(negative_prompt) != batch_size:
+                raise ValueError(
+                    f"`negative_prompt` must be a string or a list of {batch_size} string(s), one per prompt; got "
+                    f"{negative_prompt!r}"
+                )
+        patch = self.patch_size
+        if height < patch or width < patch or height % patch or width % patch:
+            raise ValueError(
+                f"`height` and `width` must be positive multiples of the patch size {patch} (e.g. "
+                f"{max(height // patch, 1) * patch}x{max(width // patch, 1) * patch}); got {height}x{width}"
+            )
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}")
+        if decoder_num_inference_steps is not None and (
+            not isinstance(decoder_num_inference_steps, int) or decoder_num_inference_steps < 1
+        ):
+            raise ValueError(
+                f"`decoder_num_inference_steps` must be an integer >= 1 or None (the decoder's default "
+                f"{self.model.vision_model.config.decoder_num_inference_steps}), got {decoder_num_inference_steps!r}"
+            )
+        if guidance_scale < 0:
+            raise ValueError(
+                f"`guidance_scale` must be >= 0 (1 = the conditional model alone, 0 = the unconditional one, > 1 = "
+                f"classifier-free guidance), got {guidance_scale}"
+            )
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"`num_images_per_prompt` must be an integer >= 1, got {num_images_per_prompt!r}")
+        num_images = batch_size * num_images_per_prompt
+        if isinstance(generator, list) and len(generator) != num_images:
+            raise ValueError(
+                f"`generator` is a list of {len(generator)} generator(s) but {num_images} image(s) are made "
+                f"({batch_size} prompt(s) x num_images_per_prompt={num_images_per_prompt}); pass one per image"
+            )
+        expected = (num_images, self.model.vision_model.config.latent_channels, height // patch, width // patch)
+        if latents is not None and tuple(latents.shape) != expected:
+            raise ValueError(
+                f"`latents` must have shape {list(expected)} ({batch_size} prompt(s) x num_images_per_prompt, "
+                f"latent_channels, height / {patch}, width / {patch}); got {list(latents.shape)}"
+            )
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if callback_on_step_end_tensor_inputs is not None:
+            unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+            if unknown:
+                raise ValueError(
+                    f"`callback_on_step_end_tensor_inputs` must be among {self._callback_tensor_inputs}, got {unknown}"
+                )
+
+    def encode_prompt(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        do_classifier_free_guidance: bool = True,
+        num_images_per_prompt: int = 1,
+        device: torch.device | None = None,
+    ) -> tuple[torch.LongTensor, torch.Tensor]:
+        """
+        Token ids and attention mask of the chat-templated prompts, each repeated `num_images_per_prompt` times. With
+        guidance the rows are `[negative; prompt]` (an empty negative prompt is the unconditional prompt the model was
+        trained with), tokenised in one call so both halves share one left-padded length and one prompt cache.
+        """
+        device = device or self._execution_device
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        texts = prompts
+        if do_classifier_free_guidance:
+            negative_prompt = negative_prompt or ""
+            negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+            texts = negatives + prompts
+        inputs = self.processor(text=self.processor.build_generation_prompt(texts))
+        input_ids = inputs["input_ids"].repeat_interleave(num_images_per_prompt, dim=0).to(device)
+        attention_mask = inputs["attention_mask"].repeat_interleave(num_images_per_prompt, dim=0).to(device)
+        return input_ids, attention_mask
+
+    def prepare_latents(
+        self,
+        batch_size: int,
+        num_channels_latents: int,
+        height: int,
+        width: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: torch.Generator | list[torch.Generator] | None,
+        latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Pure noise (t = 1) on the latent grid, one position per patch; `latents` are taken as given."""
+        if latents is not None:
+            return latents.to(device=device, dtype=dtype)
+        shape = (batch_size, num_channels_latents, height // self.patch_size, width // self.patch_size)
+        return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+
+    def _postprocess(self, sample: torch.Tensor, output_type: str):
+        """`pil` through the processor; `np` (`[B, H, W, 3]`) and `pt` (`[B, 3, H, W]`) as floats in [0, 1], the
+        diffusers convention."""
+        if output_type == "pil":
+            return self.processor.postprocess(sample, output_type="pil")
+        images = (sample.float() / 2 + 0.5).clamp(0, 1)
+        return images if output_type == "pt" else images.permute(0, 2, 3, 1).cpu().numpy()
+
+    # -------------------------------------------------------------------------------------------------- call
+    @torch.inference_mode()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 30,
+        guidance_scale: float = 5.0,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: StepCallback | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        decoder_num_inference_steps: int | None = None,
+        use_prompt_cache: bool = True,
+    ) -> ImagePipelineOutput | tuple:
+        r"""
+        Args:
+            prompt (`str` or `list[str]`): what to draw.
+            negative_prompt (`str` or `list[str]`, *optional*): the guidance's unconditional rows; default the empty
+                prompt (the model's unconditional training prompt). Unused when `guidance_scale == 1`.
+            height, width (`int`, *optional*): multiples of the patch size; default `vision_config.image_size`.
+            num_inference_steps (`int`): Euler steps of the latent flow.
+            guidance_scale (`float`): `v = v_uncond + g (v_cond - v_uncond)`, exactly, for any `g >= 0`: 1 skips the
+                unconditional pass (it would not change v), 0 samples the unconditional model, > 1 guides.
+            num_images_per_prompt (`int`): images per prompt.
+            generator (`torch.Generator` or a list, one per image): seeds the latent noise and the decoder's noise.
+            latents (`[B * num_images_per_prompt, C, H / p, W / p]`, *optional*): starting noise in the normalised
+                latent space, instead of drawing it.
+            output_type (`str`): `"pil"`, `"np"` / `"pt"` (floats in [0, 1]) or `"latent"` (the normalised latents;
+                `vision_model.decode(vision_model.denormalize_latents(z))` turns them into pixels in [-1, 1]).
+            return_dict (`bool`): an [`ImagePipelineOutput`] rather than a tuple.
+            callback_on_step_end (`Callable`, *optional*): `callback(pipe, step, timestep, tensors) -> dict` after each
+                step; returned `latents` replace the current ones, and setting `pipe._interrupt = True` stops the
+                loop (the latents reached so far are decoded).
+            callback_on_step_end_tensor_inputs (`list[str]`): tensors passed to the callback (`"latents"`).
+            decoder_num_inference_steps (`int`, *optional*): pixel decoder steps; default its config's.
+            use_prompt_cache (`bool`): reuse the prompt's KV cache at every step; `False` re-runs the prompt each step
+                (same images, slower; kept for benchmarks and debugging).
+
+        Returns:
+            [`ImagePipelineOutput`] with `images`, or `(images,)` when `return_dict=False`.
+        """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        vision_config = self.model.vision_model.config
+        height = height or vision_config.image_size
+        width = width or vision_config.image_size
+
+        # 1. Check inputs
+        self.check_inputs(
+            prompt,
+            negative_prompt,
+            height,
+            width,
+            num_inference_steps,
+            guidance_scale,
+            num_images_per_prompt,
+            generator,
+            latents,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+            decoder_num_inference_steps,
+        )
+        self._guidance_scale = guidance_scale
+        self._interrupt = False
+        batch_size = 1 if isinstance(prompt, str) else len(prompt)
+        device = self._execution_device
+
+        # 2. Prompts: tokenised once, run through the LLM once
+        input_ids, attention_mask = self.encode_prompt(
+            prompt, negative_prompt, self.do_classifier_free_guidance, num_images_per_prompt, device
+        )
+        prompt_cache = self.model.prepare_prompt_cache(input_ids, attention_mask) if use_prompt_cache else None
+
+        # 3. Timesteps: the model's schedule, times 1 ... 1/N before the shift, which the scheduler applies
+        sigmas = flow_matching.sampling_timesteps(num_inference_steps)[:-1]
+        self.scheduler.set_timesteps(sigmas=sigmas.tolist(), device=device)
+        timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
+
+        # 4. Latents
+        latents = self.prepare_latents(
+            batch_size * num_images_per_prompt,
+            vision_config.latent_channels,
+            height,
+            width,
+            self.model.dtype,
+            device,
+            generator,
+            latents,
+        )
+
+        # 5. Denoising loop: t = 1 (noise) -> 0 (clean)
+        with self.progress_bar(total=num_inference_steps) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    break
+                model_input = torch.cat([latents, latents]) if self.do_classifier_free_guidance else latents
+                velocity = self.model.flow_velocity(
+                    model_input,
+                    t / self.scheduler.config.num_train_timesteps,
+                    prompt_cache=prompt_cache,
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                )
+                if self.do_classifier_free_guidance:
+                    velocity_uncond, velocity_cond = velocity.chunk(2)
+                    velocity = velocity_uncond + self.guidance_scale * (velocity_cond - velocity_uncond)
+                latents = self.scheduler.step(velocity, t, latents, generator=generator, return_dict=False)[0]
+
+                if callback_on_step_end is not None:
+                    callback_kwargs = {}
+                    for k in callback_on_step_end_tensor_inputs:  # a comprehension has its own locals() before 3.12
+                        callback_kwargs[k] = locals()[k]
+                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                    latents = callback_outputs.pop("latents", latents)
+                progress_bar.update()
+
+        # 6. Pixels
+        if output_type == "latent":
+            images = latents
+        else:
+            vision = self.model.vision_model
+            sample = vision.decode(
+                vision.denormalize_latents(latents),
+                generator=generator,
+                num_inference_steps=decoder_num_inference_steps,
+            ).sample
+            images = self._postprocess(sample, output_type)
+
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)
