@@ -8,7 +8,7 @@ from transformers import AutoConfig, AutoModel
 
 import hydra_hf  # noqa: F401  (registers the Auto classes)
 from hydra_hf import HydraTokConfig, HydraTokModel
-from hydra_hf.training import tokenizer_losses
+from hydra_hf.training.losses import cosine_distillation_loss
 
 from .utils import random_pixels
 
@@ -204,28 +204,29 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         if checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             assert model.gen_vit.layers[0].gradient_checkpointing
-        losses = tokenizer_losses(model, random_pixels(2, 32), generator=torch.Generator().manual_seed(0))
-        losses.total.backward()
+        model(random_pixels(2, 32), return_loss=True, generator=torch.Generator().manual_seed(0)).loss.backward()
         grads.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
 
 
-def test_losses_reach_every_trainable_part():
+def test_tokenizer_loss_combines_the_paper_terms_and_reaches_every_part():
     model = tiny_model().train()
     teacher = tiny_model()
+    pixels = random_pixels(2, 32)
     with torch.no_grad():
-        teacher_states = teacher(random_pixels(2, 32), output_distillation_states=True).distillation_hidden_states
-    losses = tokenizer_losses(model, random_pixels(2, 32), teacher_states=teacher_states, generator=torch.Generator().manual_seed(0))
-    expected = (
-        losses.flow + 1e-4 * losses.kl + 1.0 * losses.cosine + 1.0 * losses.distillation
-    )
-    assert torch.allclose(losses.total, expected)
-    losses.total.backward()
+        teacher_states = teacher(pixels, output_distillation_states=True).distillation_hidden_states
+    out = model(pixels, return_loss=True, output_distillation_states=True, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(out.loss, out.loss_flow + 1e-4 * out.kl_loss + 1.0 * out.cosine_loss)
+    assert out.clean_estimate.shape == pixels.shape
+    distillation = cosine_distillation_loss(out.distillation_hidden_states, teacher_states)
+    (out.loss + distillation).backward()
     for name in ("embeddings.patch_embedding.weight", "gen_vit.layers.0.attn.qkv.weight", "bottleneck.proj.weight",
                  "bottleneck.unproj.weight", "sem_vit.layers.1.mlp.fc2.weight", "decoder.final_layer.linear.weight"):
         assert model.get_parameter(name).grad.abs().sum() > 0, name
+    again = model(pixels, return_loss=True, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again.loss_flow, out.loss_flow)  # the decoder's noise and time follow the generator
 
 
 def test_bfloat16_path_runs_at_tiny_size():
@@ -310,7 +311,7 @@ def test_a_few_hundred_steps_clearly_raise_reconstruction_psnr():
     generator = torch.Generator().manual_seed(1)
     model.train()
     for _ in range(400):
-        loss = tokenizer_losses(model, images, generator=generator).total
+        loss = model(images, return_loss=True, generator=generator).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

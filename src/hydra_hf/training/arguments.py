@@ -1,0 +1,53 @@
+"""Arguments shared by the training scripts (`examples/train_tokenizer.py`, `examples/train_hydra.py`), parsed by
+`HfArgumentParser` from the command line or from one YAML/JSON file."""
+
+import sys
+from dataclasses import dataclass, field
+
+from transformers import HfArgumentParser
+
+from .data import load_training_dataset
+
+__all__ = ["DataArguments", "parse_arguments", "prepare_dataset", "resume_argument"]
+
+
+@dataclass
+class DataArguments:
+    dataset: str = field(metadata={"help": "image folder, data file(s) (parquet/arrow/json/csv), save_to_disk folder, or Hub id"})
+    split: str = field(default="train")
+    streaming: bool = field(default=False, metadata={"help": "stream the data (IterableDataset); needs --max_steps"})
+    image_column: str = field(default="image")
+    caption_column: str | None = field(default="caption")
+    question_column: str | None = field(default="question")
+    answer_column: str | None = field(default="answer")
+    image_size: int | None = field(default=None, metadata={"help": "training resolution; default: the model's"})
+    max_train_samples: int | None = field(default=None)
+    generation_ratio: float = field(default=0.5, metadata={"help": "share of rows used for text-to-image"})
+    cfg_dropout_prob: float | None = field(default=None, metadata={"help": "prompt dropout; default: the model config's"})
+    caption_prompt: str = field(default="describe the image .", metadata={"help": "question for caption-only rows"})
+
+
+def parse_arguments(dataclass_types: tuple, args: list[str] | None = None) -> tuple:
+    """`script.py config.yaml` / `script.py config.json` or plain `--flags`."""
+    parser = HfArgumentParser(dataclass_types)
+    args = sys.argv[1:] if args is None else args
+    if len(args) == 1 and args[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(args[0])
+    if len(args) == 1 and args[0].endswith(".json"):
+        return parser.parse_json_file(args[0])
+    return parser.parse_args_into_dataclasses(args)
+
+
+def prepare_dataset(data_args: DataArguments):
+    dataset = load_training_dataset(data_args.dataset, data_args.split, data_args.image_column, data_args.streaming)
+    if data_args.max_train_samples is not None:
+        if data_args.streaming:
+            dataset = dataset.take(data_args.max_train_samples)
+        else:
+            dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
+    return dataset
+
+
+def resume_argument(value: str | None) -> str | bool | None:
+    """`--resume_from_checkpoint last` resumes from the newest complete checkpoint in `output_dir`."""
+    return True if value == "last" else value
