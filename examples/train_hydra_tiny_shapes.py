@@ -1,0 +1,268 @@
+"""Train `hydra-tiny-shapes`, the package's embedded default, on the synthetic shapes world, every stage through the
+same Trainer code as real training.
+
+    python examples/train_hydra_tiny_shapes.py --work_dir outputs/tiny-shapes [--scale 1.0]
+
+The recipe mirrors the paper's starting points, which are pretrained models, at shapes-world scale:
+  0. a word-level text tokenizer trained on the world's captions and questions;
+  1. a small semantic ViT trained to read the scene's attributes (counts of each coloured shape, where each colour
+     and shape lies): HYDRA-TOK's initialisation and its frozen self-distillation teacher;
+  2. a small Qwen2 LLM pre-trained on the world's text;
+  3. HYDRA-TOK stage 1 (end to end, with distillation) and stage 2 (decoder refinement with the GAN);
+  4. the unified model assembled from them, latent statistics measured, then stages I, II and III.
+Each stage writes its result under --work_dir and is skipped when rerun, so an interrupted run continues from the
+last finished stage (and from its last complete checkpoint inside a stage). `--scale` multiplies every stage's
+step count (0.02 gives a smoke run of a few minutes). The final model is written to `--work_dir/final`.
+"""
+
+import argparse
+import copy
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import (
+    DataCollatorForLanguageModeling,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Trainer,
+    TrainingArguments,
+)
+
+from hydra_hf import (
+    HydraConfig,
+    HydraForConditionalGeneration,
+    HydraImageProcessor,
+    HydraProcessor,
+    HydraTokConfig,
+    HydraTokModel,
+)
+from hydra_hf.data import PALETTE, SHAPES, make_shapes_dataset
+from hydra_hf.data.text_tokenizer import train_word_tokenizer
+from hydra_hf.training import HydraCollator, HydraTokTrainer, HydraTrainer, PatchDiscriminator, TokenizerCollator
+from hydra_hf.training.trainers import last_complete_checkpoint
+
+logger = logging.getLogger("train_hydra_tiny_shapes")
+
+TRAIN_SEED, NUM_TRAIN_SCENES = 0, 8000
+IMAGE_SIZE, PATCH_SIZE = 64, 8
+CAPTION_PROMPT = "describe the image ."
+
+VISION = dict(
+    image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, hidden_size=128, num_attention_heads=4, intermediate_size=512,
+    num_gen_layers=4, num_sem_layers=4, use_cls_token=False, layerscale_init=None, latent_channels=16,
+    decoder_hidden_size=128, decoder_num_layers=4, decoder_num_attention_heads=4, decoder_intermediate_size=512,
+    decoder_num_inference_steps=10, distillation_layers=[2, 4, 6, 8], perceptual_weight=0.0,
+)
+LLM = dict(hidden_size=192, intermediate_size=576, num_hidden_layers=4, num_attention_heads=6, num_key_value_heads=2,
+           max_position_embeddings=256, tie_word_embeddings=True)
+# (steps, batch size, learning rate) per stage at --scale 1.
+STAGES = {
+    "semantic_vit": (800, 64, 1e-3),
+    "llm": (1000, 64, 2e-3),
+    "tokenizer_1": (3000, 32, 5e-4),
+    "tokenizer_2": (600, 32, 2e-4),
+    "unified_I": (800, 32, 1e-3),
+    "unified_II": (3000, 32, 4e-4),
+    "unified_III": (600, 32, 1e-4),
+}
+GRID = 4  # the semantic ViT learns where each colour and shape lies on a GRID x GRID layout
+
+
+def training_args(work_dir: Path, stage: str, scale: float, **overrides) -> TrainingArguments:
+    steps, batch, lr = STAGES[stage]
+    steps = max(2, int(steps * scale))
+    values = dict(
+        output_dir=str(work_dir / stage), max_steps=steps, per_device_train_batch_size=batch, learning_rate=lr,
+        lr_scheduler_type="cosine", warmup_steps=max(1, steps // 20), weight_decay=0.01, logging_steps=max(1, steps // 20),
+        save_steps=max(1, steps // 4), save_total_limit=1, report_to=[], use_cpu=True, seed=TRAIN_SEED,
+        remove_unused_columns=False, dataloader_num_workers=0, max_grad_norm=1.0,
+    )
+    return TrainingArguments(**{**values, **overrides})
+
+
+def run_trainer(trainer: Trainer, output: Path) -> None:
+    """Train (resuming from the stage's last complete checkpoint, if any) and save the result."""
+    trainer.train(resume_from_checkpoint=last_complete_checkpoint(trainer.args.output_dir))
+    trainer.save_model(str(output))
+
+
+# ------------------------------------------------------------------------------------------- 1. semantic ViT
+def attribute_targets(objects: list[dict]) -> torch.Tensor:
+    """Counts of each (shape, colour) and the coarse layout of each colour and shape: what a scene 'means'."""
+    colours, shapes = list(PALETTE), list(SHAPES)
+    counts = torch.zeros(len(shapes), len(colours))
+    layout = torch.zeros(len(colours) + len(shapes), GRID, GRID)
+    for obj in objects:
+        shape, colour = shapes.index(obj["shape"]), colours.index(obj["color"])
+        counts[shape, colour] += 1
+        row, col = min(int(obj["y"] * GRID / IMAGE_SIZE), GRID - 1), min(int(obj["x"] * GRID / IMAGE_SIZE), GRID - 1)
+        layout[colour, row, col] = 1
+        layout[len(colours) + shape, row, col] = 1
+    return torch.cat([counts.flatten() / 4, layout.flatten()])
+
+
+class AttributeProbe(nn.Module):
+    """A ViT (HYDRA-TOK's blocks, run as a plain ViT) with a linear read-out of the scene's attributes."""
+
+    def __init__(self, vit: HydraTokModel, num_targets: int):
+        super().__init__()
+        self.vit = vit
+        self.head = nn.Linear(vit.config.hidden_size, num_targets)
+
+    def forward(self, pixel_values, labels):
+        features = self.vit(pixel_values, bypass_bottleneck=True).semantic_features.mean(dim=1)
+        return {"loss": nn.functional.binary_cross_entropy_with_logits(self.head(features), labels)}
+
+
+def pretrain_semantic_vit(work_dir: Path, dataset, scale: float) -> Path:
+    output = work_dir / "semantic_vit" / "final"
+    if output.exists():
+        return output
+    torch.manual_seed(TRAIN_SEED)
+    vit = HydraTokModel(HydraTokConfig(**VISION))
+    probe = AttributeProbe(vit, attribute_targets([]).numel())
+    tokenizer_collator = TokenizerCollator(HydraImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, patch_size=PATCH_SIZE))
+
+    def collate(rows):
+        batch = tokenizer_collator(rows)
+        batch["labels"] = torch.stack([attribute_targets(row["objects"]) for row in rows])
+        return batch
+
+    trainer = Trainer(probe, training_args(work_dir, "semantic_vit", scale), train_dataset=dataset, data_collator=collate)
+    trainer.train(resume_from_checkpoint=last_complete_checkpoint(trainer.args.output_dir))
+    vit.save_pretrained(output)
+    return output
+
+
+# ----------------------------------------------------------------------------------------------------- 2. LLM
+def world_texts(dataset) -> list[str]:
+    rows = dataset.select_columns(["caption", "question", "answer"])
+    chats = [
+        f"<|im_start|>user\n{row['question']}<|im_end|>\n<|im_start|>assistant\n{row['answer']}<|im_end|>" for row in rows
+    ]
+    return chats + [f"<|im_start|>user\n{row['caption']}<|im_end|>" for row in rows]
+
+
+def pretrain_llm(work_dir: Path, dataset, tokenizer, scale: float) -> Path:
+    output = work_dir / "llm" / "final"
+    if output.exists():
+        return output
+    torch.manual_seed(TRAIN_SEED)
+    config = Qwen2Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), **LLM)
+    model = Qwen2ForCausalLM(config)
+    texts = world_texts(dataset)
+    encoded = [tokenizer(text)["input_ids"] for text in texts]
+    trainer = Trainer(
+        model, training_args(work_dir, "llm", scale), train_dataset=[{"input_ids": ids} for ids in encoded],
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+    )
+    run_trainer(trainer, output)
+    return output
+
+
+# ----------------------------------------------------------------------------------------------- 3. HYDRA-TOK
+def train_tokenizer(work_dir: Path, dataset, semantic_vit: Path, scale: float) -> Path:
+    image_processor = HydraImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, patch_size=PATCH_SIZE)
+    stage_one = work_dir / "tokenizer_1" / "final"
+    teacher = HydraTokModel.from_pretrained(semantic_vit)
+    if not stage_one.exists():
+        model = HydraTokModel.from_pretrained(semantic_vit)
+        trainer = HydraTokTrainer(
+            model, training_args(work_dir, "tokenizer_1", scale), stage="1", teacher=copy.deepcopy(teacher),
+            train_dataset=dataset, data_collator=TokenizerCollator(image_processor),
+        )
+        run_trainer(trainer, stage_one)
+    stage_two = work_dir / "tokenizer_2" / "final"
+    if not stage_two.exists():
+        model = HydraTokModel.from_pretrained(stage_one)
+        trainer = HydraTokTrainer(
+            model, training_args(work_dir, "tokenizer_2", scale), stage="2", teacher=teacher,
+            discriminator=PatchDiscriminator(base_channels=32, num_layers=2),
+            train_dataset=dataset, data_collator=TokenizerCollator(image_processor),
+        )
+        run_trainer(trainer, stage_two)
+    return stage_two
+
+
+# --------------------------------------------------------------------------------------------- 4. unified model
+@torch.no_grad()
+def latent_statistics(tokenizer_model: HydraTokModel, dataset, image_processor, count: int = 512):
+    rows = dataset.select(range(min(count, len(dataset))))
+    pixels = TokenizerCollator(image_processor)(list(rows))["pixel_values"]
+    means = torch.cat([tokenizer_model.encode(chunk).latent_dist.mean for chunk in pixels.split(64)])
+    return means.mean(dim=(0, 2, 3)).tolist(), means.std(dim=(0, 2, 3)).tolist()
+
+
+def assemble(work_dir: Path, dataset, tokenizer, tokenizer_path: Path, llm_path: Path) -> Path:
+    output = work_dir / "assembled"
+    if output.exists():
+        return output
+    image_processor = HydraImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, patch_size=PATCH_SIZE)
+    vision = HydraTokModel.from_pretrained(tokenizer_path)
+    mean, std = latent_statistics(vision, dataset, image_processor)
+    llm = Qwen2ForCausalLM.from_pretrained(llm_path)
+    config = HydraConfig(
+        text_config=llm.config.to_dict(), vision_config={**vision.config.to_dict(), "latents_mean": mean, "latents_std": std},
+        image_token_id=tokenizer.image_token_id, boi_token_id=tokenizer.boi_token_id, eoi_token_id=tokenizer.eoi_token_id,
+        flow_head_hidden_size=256, flow_head_num_layers=3,
+    )
+    torch.manual_seed(TRAIN_SEED)
+    model = HydraForConditionalGeneration(config)
+    model.model.vision_model.load_state_dict(vision.state_dict())
+    model.model.language_model.load_state_dict(llm.model.state_dict())
+    model.lm_head.load_state_dict(llm.lm_head.state_dict())
+    model.save_pretrained(output)
+    HydraProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(output)
+    return output
+
+
+def train_unified(work_dir: Path, dataset, start: Path, stage: str, scale: float, generation_ratio: float) -> Path:
+    output = work_dir / f"unified_{stage}" / "final"
+    if output.exists():
+        return output
+    model = HydraForConditionalGeneration.from_pretrained(start)
+    processor = HydraProcessor.from_pretrained(start)
+    collator = HydraCollator(processor, generation_ratio=generation_ratio, cfg_dropout_prob=model.config.cfg_dropout_prob,
+                             caption_prompt=CAPTION_PROMPT, seed=TRAIN_SEED)
+    trainer = HydraTrainer(model, training_args(work_dir, f"unified_{stage}", scale), stage=stage, train_dataset=dataset,
+                           data_collator=collator, processing_class=processor)
+    run_trainer(trainer, output)
+    return output
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work_dir", type=Path, required=True, help="where every stage writes its result")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies every stage's number of steps")
+    parser.add_argument("--num_scenes", type=int, default=NUM_TRAIN_SCENES, help="training scenes (seed 0)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    dataset = make_shapes_dataset(args.num_scenes, seed=TRAIN_SEED)
+    texts = [CAPTION_PROMPT] + list(dataset["caption"]) + list(dataset["question"]) + list(dataset["answer"])
+    tokenizer = train_word_tokenizer(texts)
+
+    logger.info("1. semantic ViT")
+    semantic_vit = pretrain_semantic_vit(args.work_dir, dataset, args.scale)
+    logger.info("2. LLM")
+    llm = pretrain_llm(args.work_dir, dataset, tokenizer, args.scale)
+    logger.info("3. HYDRA-TOK stages 1-2")
+    tokenizer_path = train_tokenizer(args.work_dir, dataset, semantic_vit, args.scale)
+    logger.info("4. unified stages I-III")
+    current = assemble(args.work_dir, dataset, tokenizer, tokenizer_path, llm)
+    for stage, ratio in (("I", 0.5), ("II", 0.5), ("III", 0.3)):
+        current = train_unified(args.work_dir, dataset, current, stage, args.scale, ratio)
+    final = args.work_dir / "final"
+    model = HydraForConditionalGeneration.from_pretrained(current)
+    model.save_pretrained(final)
+    HydraProcessor.from_pretrained(current).save_pretrained(final)
+    (final / "training_recipe.json").write_text(json.dumps({"stages": STAGES, "scale": args.scale, "scenes": args.num_scenes, "seed": TRAIN_SEED}, indent=2))
+    logger.info(f"done: {final}")
+
+
+if __name__ == "__main__":
+    main()
