@@ -1,0 +1,165 @@
+"""The `hydra-hf` command: `demo`, `generate`, `chat` and `eval shapes`, on the embedded `hydra-tiny-shapes` model by
+default or on any HYDRA folder or Hub repo (`--model`)."""
+
+import argparse
+import json
+import logging
+import sys
+from importlib import resources
+from pathlib import Path
+
+__all__ = ["DEFAULT_MODEL", "main"]
+
+DEFAULT_MODEL = "hydra-tiny-shapes"
+DEMO_PROMPTS = (
+    "a red circle",
+    "a blue square and a yellow triangle",
+    "three green circles",
+    "a purple triangle to the left of an orange square",
+)
+DEMO_QUESTIONS = ("how many objects are there?", "what color is the circle?", "is there a blue square?")
+
+
+def resolve_model(name: str) -> str:
+    """The embedded model's folder for `hydra-tiny-shapes`; anything else is a path or a Hub id."""
+    if name != DEFAULT_MODEL:
+        return name
+    folder = resources.files("hydra_hf") / "assets" / DEFAULT_MODEL
+    if not (Path(str(folder)) / "config.json").is_file():
+        raise SystemExit(
+            f"the embedded {DEFAULT_MODEL} model is missing from this installation ({folder}); train it with "
+            "examples/train_hydra_tiny_shapes.py or pass --model PATH_OR_REPO"
+        )
+    return str(folder)
+
+
+def load_pipeline(name: str, quiet: bool = False):
+    from .pipelines import HydraPipeline
+
+    pipe = HydraPipeline.from_pretrained(resolve_model(name))
+    pipe.set_progress_bar_config(disable=quiet, leave=False)
+    return pipe
+
+
+def _seeded(pipe, seed: int, count: int):
+    import torch
+
+    return [torch.Generator(pipe.device).manual_seed(seed + index) for index in range(count)]
+
+
+def generate(args) -> None:
+    pipe = load_pipeline(args.model)
+    images = pipe(
+        args.prompt, num_inference_steps=args.steps, guidance_scale=args.guidance,
+        num_images_per_prompt=args.num_images, generator=_seeded(pipe, args.seed, args.num_images),
+    ).images
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    for index, image in enumerate(images):
+        path = output if len(images) == 1 else output.with_name(f"{output.stem}-{index}{output.suffix}")
+        image.save(path)
+        print(path)
+
+
+def chat(args) -> None:
+    from PIL import Image, UnidentifiedImageError
+
+    from .evaluation.shapes_eval import answer_questions
+
+    try:
+        image = Image.open(args.image).convert("RGB")
+    except (FileNotFoundError, UnidentifiedImageError) as error:
+        raise SystemExit(f"cannot read image {args.image}: {error}") from error
+    pipe = load_pipeline(args.model)
+    print(answer_questions(pipe, [image], [args.question], max_new_tokens=args.max_new_tokens)[0])
+
+
+def demo(args) -> None:
+    from .evaluation.shapes_eval import answer_questions
+
+    pipe = load_pipeline(args.model)
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    images = pipe(list(DEMO_PROMPTS), num_inference_steps=args.steps, guidance_scale=args.guidance,
+                  generator=_seeded(pipe, args.seed, len(DEMO_PROMPTS))).images
+    for index, (prompt, image) in enumerate(zip(DEMO_PROMPTS, images)):
+        path = output / f"{index}-{prompt.replace(' ', '_')}.png"
+        image.save(path)
+        pairs = [(image, question) for question in DEMO_QUESTIONS]
+        answers = answer_questions(pipe, [i for i, _ in pairs], [q for _, q in pairs])
+        print(f"{path}  <- {prompt!r}")
+        for question, answer in zip(DEMO_QUESTIONS, answers):
+            print(f"    {question} {answer}")
+
+
+def evaluate(args) -> None:
+    from .evaluation.shapes_eval import evaluate_shapes
+
+    pipe = load_pipeline(args.model, quiet=True)
+    result = evaluate_shapes(pipe, num_scenes=args.num_scenes, seed=args.seed, num_inference_steps=args.steps,
+                             guidance_scale=args.guidance, batch_size=args.batch_size, parts=tuple(args.parts))
+    print(result.to_markdown())
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .evaluation.shapes_eval import EVAL_SEED
+
+    parser = argparse.ArgumentParser(prog="hydra-hf", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def add_model(sub, sampling: bool = True):
+        sub.add_argument("--model", default=DEFAULT_MODEL, help=f"a HYDRA folder or Hub repo (default: {DEFAULT_MODEL})")
+        if sampling:
+            sub.add_argument("--steps", type=int, default=30, help="Euler steps of the latent flow")
+            sub.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
+
+    sub = commands.add_parser("demo", help="generate images for a few fixed prompts and answer questions about them")
+    add_model(sub)
+    sub.add_argument("--output-dir", default="hydra-demo", help="where the PNGs go")
+    sub.add_argument("--seed", type=int, default=0)
+    sub.set_defaults(func=demo)
+
+    sub = commands.add_parser("generate", help="text to image")
+    sub.add_argument("prompt")
+    add_model(sub)
+    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--num-images", type=int, default=1)
+    sub.add_argument("--output", default="hydra.png", help="PNG path (numbered when --num-images > 1)")
+    sub.set_defaults(func=generate)
+
+    sub = commands.add_parser("chat", help="answer a question about an image")
+    sub.add_argument("question")
+    sub.add_argument("--image", required=True, help="image file")
+    add_model(sub, sampling=False)
+    sub.add_argument("--max-new-tokens", type=int, default=16)
+    sub.set_defaults(func=chat)
+
+    sub = commands.add_parser("eval", help="score a model")
+    suite = sub.add_subparsers(dest="suite", required=True)
+    shapes = suite.add_parser("shapes", help="held-out shapes-world scenes: PSNR, GenEval-style scores, VQA")
+    add_model(shapes)
+    shapes.add_argument("--num-scenes", type=int, default=500)
+    shapes.add_argument("--seed", type=int, default=EVAL_SEED, help="scene seed (training uses 0)")
+    shapes.add_argument("--batch-size", type=int, default=50)
+    shapes.add_argument("--parts", nargs="+", default=["reconstruction", "generation", "vqa"],
+                        choices=["reconstruction", "generation", "vqa"])
+    shapes.add_argument("--json", help="also write the scores as JSON here")
+    shapes.set_defaults(func=evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if getattr(args, "steps", 1) < 1:
+        raise SystemExit("--steps must be >= 1")
+    if getattr(args, "guidance", 0) < 0:
+        raise SystemExit("--guidance must be >= 0")
+    args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hydra_hf import cli
+from hydra_hf.evaluation.shapes_eval import evaluate_shapes
+from hydra_hf.pipelines import HydraPipeline
+
+from .utils import tiny_hydra, tiny_processor
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-hydra")
+    tiny_hydra().save_pretrained(folder)
+    tiny_processor().save_pretrained(folder)
+    return folder
+
+
+def test_every_command_has_help(capsys):
+    for command in (["--help"], ["demo", "--help"], ["generate", "--help"], ["chat", "--help"], ["eval", "shapes", "--help"]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(command)
+        assert exit_info.value.code == 0
+        assert "usage: hydra-hf" in capsys.readouterr().out
+
+
+def test_generate_writes_seeded_images(model_dir, tmp_path, capsys):
+    arguments = ["generate", "a red circle", "--model", str(model_dir), "--steps", "2", "--num-images", "2"]
+    cli.main([*arguments, "--output", str(tmp_path / "a.png")])
+    cli.main([*arguments, "--output", str(tmp_path / "b.png")])
+    first, second = Image.open(tmp_path / "a-0.png"), Image.open(tmp_path / "b-0.png")
+    assert first.size == (32, 32) and np.array_equal(np.asarray(first), np.asarray(second))
+    assert str(tmp_path / "a-1.png") in capsys.readouterr().out
+
+
+def test_chat_answers_and_bad_input_is_a_clear_error(model_dir, tmp_path, capsys):
+    image = tmp_path / "red.png"
+    Image.new("RGB", (32, 32), (220, 40, 40)).save(image)
+    cli.main(["chat", "--image", str(image), "what color is the shape ?", "--model", str(model_dir), "--max-new-tokens", "2"])
+    assert capsys.readouterr().out.count("\n") == 1  # one answer line (an untrained model's may be empty)
+    with pytest.raises(SystemExit, match="cannot read image"):
+        cli.main(["chat", "--image", str(tmp_path / "missing.png"), "what?", "--model", str(model_dir)])
+    with pytest.raises(SystemExit, match="--steps must be >= 1"):
+        cli.main(["generate", "x", "--model", str(model_dir), "--steps", "0"])
+
+
+def test_missing_embedded_model_says_how_to_get_one(monkeypatch, tmp_path):
+    monkeypatch.setattr(cli.resources, "files", lambda package: tmp_path)
+    with pytest.raises(SystemExit, match="train it with examples/train_hydra_tiny_shapes.py"):
+        cli.resolve_model(cli.DEFAULT_MODEL)
+    assert cli.resolve_model("some/repo") == "some/repo"
+
+
+def test_eval_shapes_reports_every_part(model_dir, tmp_path, capsys):
+    output = tmp_path / "scores.json"
+    cli.main(["eval", "shapes", "--model", str(model_dir), "--num-scenes", "6", "--batch-size", "3", "--steps", "2",
+              "--json", str(output)])
+    scores = json.loads(output.read_text())
+    assert scores["num_scenes"] == 6 and scores["seed"] == 12345
+    assert 0 <= scores["vqa_accuracy"] <= 1 and scores["reconstruction_psnr"] > 0
+    assert set(scores["generation"]) >= {"single_object", "two_objects", "counting", "colors", "position", "overall"}
+    assert "tokenizer reconstruction PSNR" in capsys.readouterr().out
+
+
+def test_evaluation_is_deterministic(model_dir):
+    pipe = HydraPipeline.from_pretrained(model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    first = evaluate_shapes(pipe, num_scenes=3, batch_size=3, num_inference_steps=2, parts=("reconstruction", "vqa"))
+    again = evaluate_shapes(pipe, num_scenes=3, batch_size=3, num_inference_steps=2, parts=("reconstruction", "vqa"))
+    assert first.to_dict() == again.to_dict() and first.generation == {}
