@@ -19,7 +19,6 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.utils import ModelOutput
 
 from ... import flow_matching
 from ..hydra_tok.modeling_hydra_tok import HydraTokModel, ZeroInitLinear, grid_to_tokens, tokens_to_grid
