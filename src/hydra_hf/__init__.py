@@ -22,6 +22,7 @@ from .models.hydra import (
     HydraProcessor,
     HydraPromptCache,
 )
+from .lora import hydra_lora_config
 from .models.hydra_tok import HYDRA_TOK_PRESETS, HydraTokConfig, HydraTokModel, HydraTokOutput
 from .pipelines import HydraPipeline
 
@@ -51,4 +52,5 @@ __all__ = [
     "HydraTokModel",
     "HydraTokOutput",
     "__version__",
+    "hydra_lora_config",
 ]

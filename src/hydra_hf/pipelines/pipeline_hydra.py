@@ -12,7 +12,7 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 from huggingface_hub import snapshot_download
 
-from .. import flow_matching
+from .. import flow_matching, lora
 from ..models.hydra import HydraForConditionalGeneration, HydraProcessor
 
 __all__ = ["HydraPipeline"]
@@ -360,3 +360,32 @@ class HydraPipeline(DiffusionPipeline):
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
+
+    # ------------------------------------------------------------------------------------------- LoRA adapters
+    # diffusers' names and meanings, on the transformers/peft adapter machinery of the model (which is a
+    # transformers model, so diffusers' own LoRA loaders, written for a `transformer` component, do not apply).
+    def load_lora_weights(
+        self, pretrained_model_name_or_path: str | os.PathLike, adapter_name: str | None = None, **kwargs
+    ) -> str:
+        """
+        Loads a peft LoRA adapter (a folder or Hub repo with `adapter_config.json` and `adapter_model.safetensors`,
+        as `examples/finetune_lora.py` writes) into `model` and makes it the active adapter; adapters loaded before
+        stay available through `pipe.model` and peft. Unnamed adapters are called `default_0`, `default_1`, ...
+        Download arguments (`token`, `revision`, `cache_dir`, ...) and other `model.load_adapter` arguments are
+        passed on. Returns the adapter's name.
+        """
+        return lora.load_lora_adapter(self.model, pretrained_model_name_or_path, adapter_name=adapter_name, **kwargs)
+
+    def unload_lora_weights(self) -> None:
+        """Removes every adapter, restoring the model loaded before them (fused adapters stay in the weights)."""
+        lora.unload_lora(self.model)
+
+    def fuse_lora(
+        self, lora_scale: float = 1.0, safe_fusing: bool = False, adapter_names: list[str] | None = None
+    ) -> None:
+        """Merges the active adapters, times `lora_scale`, into the base weights: same images, no adapter overhead."""
+        lora.fuse_lora(self.model, lora_scale=lora_scale, safe_fusing=safe_fusing, adapter_names=adapter_names)
+
+    def unfuse_lora(self) -> None:
+        """Undoes `fuse_lora`."""
+        lora.unfuse_lora(self.model)
