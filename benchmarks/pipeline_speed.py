@@ -11,11 +11,15 @@ shapes-world captions. `tiny` is the test preset (32 px); `mid` has an 8-layer, 
 import argparse
 import json
 import statistics
-import time
+import sys
 from pathlib import Path
 
 import torch
 
+if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import time_runs
 from hydra_hf import HydraConfig, HydraForConditionalGeneration, HydraImageProcessor, HydraPipeline, HydraProcessor
 from hydra_hf.data.text_tokenizer import train_word_tokenizer
 
@@ -76,23 +80,19 @@ def build_pipeline(name: str, prompts: list[str]) -> HydraPipeline:
 
 
 def time_calls(pipe: HydraPipeline, prompts: list[str], args, use_prompt_cache: bool) -> list[float]:
-    device = torch.device(args.device)
-    seconds = []
-    for run in range(args.warmup + args.runs):
-        start = time.perf_counter()
+    seeds = iter(range(args.warmup + args.runs))
+
+    def call():
         pipe(
             prompts,
             num_inference_steps=args.steps,
             guidance_scale=5.0,
-            generator=torch.Generator(device).manual_seed(run),
+            generator=torch.Generator(args.device).manual_seed(next(seeds)),
             output_type="pt",
             use_prompt_cache=use_prompt_cache,
         )
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if run >= args.warmup:
-            seconds.append(time.perf_counter() - start)
-    return seconds
+
+    return time_runs(call, args.warmup, args.runs, args.device)
 
 
 def main() -> None:
