@@ -135,6 +135,9 @@ def test_perceptual_loss_falls_back_to_teacher_features_and_says_so(caplog):
     assert loss(estimate, target).abs() < 1e-5
     far = loss(random_pixels(2, 32, seed=1).requires_grad_(True), target)
     assert far > 1e-3
+    with torch.no_grad():  # the trainer passes the teacher states it computed for distillation
+        known = teacher(target, bypass_bottleneck=True, output_distillation_states=True).distillation_hidden_states
+    assert torch.equal(loss(random_pixels(2, 32, seed=1), target, target_features=known), far.detach())
     far.backward()
     with pytest.raises(ValueError, match="needs LPIPS or a teacher"):
         PerceptualLoss(None)

@@ -43,14 +43,19 @@ class PerceptualLoss(nn.Module):
         self.backend = "lpips" if self.lpips is not None else "teacher"
         logger.info(f"perceptual loss: {self.backend}")
 
-    def forward(self, estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Both in [-1, 1] `[B, 3, H, W]`; gradients flow into `estimate` only."""
+    def forward(
+        self, estimate: torch.Tensor, target: torch.Tensor, target_features: tuple[torch.Tensor, ...] | None = None
+    ) -> torch.Tensor:
+        """Both in [-1, 1] `[B, 3, H, W]`; gradients flow into `estimate` only. `target_features`: the teacher's
+        distillation states of `target`, when the caller has them already (saves a teacher pass)."""
         if self.lpips is not None:
             return self.lpips(estimate.float(), target.float()).mean()
         estimate_features = self.teacher(estimate, bypass_bottleneck=True, output_distillation_states=True)
-        with torch.no_grad():
-            target_features = self.teacher(target, bypass_bottleneck=True, output_distillation_states=True)
-        pairs = zip(estimate_features.distillation_hidden_states, target_features.distillation_hidden_states)
+        if target_features is None:
+            with torch.no_grad():
+                target_features = self.teacher(target, bypass_bottleneck=True, output_distillation_states=True)
+            target_features = target_features.distillation_hidden_states
+        pairs = zip(estimate_features.distillation_hidden_states, target_features)
         return torch.stack(
             [(1 - nn.functional.cosine_similarity(e.float(), t.float(), dim=-1)).mean() for e, t in pairs]
         ).mean()

@@ -147,14 +147,15 @@ class HydraTokTrainer(_HydraTrainerMixin, Trainer):
         distill = self.encoder_trains and self.teacher is not None and config.distillation_weight > 0
         outputs = model(pixel_values=pixels, return_loss=True, output_distillation_states=distill)
         loss = outputs.loss
-        distillation = perceptual = adversarial = None
+        distillation = perceptual = adversarial = teacher_states = None
         if distill:
             with torch.no_grad():
                 teacher_states = self.teacher(pixels, bypass_bottleneck=True, output_distillation_states=True)
-            distillation = cosine_distillation_loss(outputs.distillation_hidden_states, teacher_states.distillation_hidden_states)
+            teacher_states = teacher_states.distillation_hidden_states
+            distillation = cosine_distillation_loss(outputs.distillation_hidden_states, teacher_states)
             loss = loss + config.distillation_weight * distillation
         if self.perceptual is not None:
-            perceptual = self.perceptual(outputs.clean_estimate, pixels)
+            perceptual = self.perceptual(outputs.clean_estimate, pixels, target_features=teacher_states)
             loss = loss + config.perceptual_weight * perceptual
         if self.discriminator is not None:
             self.discriminator.requires_grad_(False)
