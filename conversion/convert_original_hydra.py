@@ -163,10 +163,7 @@ def _dominant_float_dtype(state_dict: dict[str, torch.Tensor]) -> torch.dtype:
     return max(counts, key=counts.get)
 
 
-_USAGE = """import hydra_hf  # registers HYDRA with the transformers Auto classes
-from hydra_hf import HydraForConditionalGeneration
 
-model = HydraForConditionalGeneration.from_pretrained("{name}")"""
 
 
 def convert_original_hydra(
@@ -204,7 +201,6 @@ def convert_original_hydra(
         output,
         [base_model],
         f"HYDRA (arXiv 2603.15228) converted from `{base_model}` ({checkpoint.name}) to `hydra_hf`.",
-        _USAGE.format(name=output.name),
     )
     return output
 

@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from huggingface_hub import ModelCard, ModelCardData
 from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -47,6 +46,7 @@ from hydra_hf import (
     HydraTokConfig,
     HydraTokModel,
 )
+from hydra_hf.hub import model_card
 
 __all__ = [
     "INTERNVIT_FORMATS",
@@ -196,16 +196,9 @@ def copy_checked(module: nn.Module, tensors: dict[str, torch.Tensor], required: 
     module.load_state_dict(tensors, strict=False)
 
 
-def write_model_card(output: Path, base_models: Sequence[str], summary: str, usage: str) -> None:
-    """A README.md with the Hub metadata a transformers checkpoint is expected to carry."""
-    data = ModelCardData(
-        library_name="transformers",
-        base_model=list(base_models),
-        pipeline_tag="any-to-any",
-        tags=["hydra", "hydra_hf", "unified-multimodal", "image-text-to-text", "text-to-image"],
-    )
-    content = f"---\n{data.to_yaml()}\n---\n\n# {output.name}\n\n{summary}\n\n## Usage\n\n```python\n{usage}\n```\n"
-    ModelCard(content).save(output / "README.md")
+def write_model_card(output: Path, base_models: Sequence[str], summary: str) -> None:
+    """A README.md card from `hydra_hf.hub`'s template, with the sources as base models."""
+    model_card(model_name=output.name, base_model=list(base_models), description=summary).save(output / "README.md")
 
 
 # ------------------------------------------------------------------------------------------------------ the ViT
@@ -400,13 +393,6 @@ def build_initial_hydra(
     return InitialHydra(model=model, teacher=teacher, processor=processor)
 
 
-_USAGE = """import hydra_hf  # registers HYDRA with the transformers Auto classes
-from hydra_hf import HydraForConditionalGeneration, HydraTokModel
-
-model = HydraForConditionalGeneration.from_pretrained("{name}")
-teacher = HydraTokModel.from_pretrained("{name}", subfolder="teacher")  # frozen self-distillation teacher"""
-
-
 def init_from_pretrained(
     vit_path: str | Path,
     llm_path: str | Path,
@@ -431,13 +417,17 @@ def init_from_pretrained(
         "An untrained HYDRA (arXiv 2603.15228) for `hydra_hf`: HYDRA-TOK's ViT blocks come from "
         f"`{vit_name or Path(vit_path).name}` (Gen-ViT + Sem-ViT), the LLM from `{llm_name or Path(llm_path).name}`; "
         "the bottleneck, pixel decoder, projector, time embedding and flow head are freshly initialised."
-        + (" `teacher/` holds the frozen copy of the ViT used for self-distillation." if save_teacher else "")
+        + (
+            " `teacher/` holds the frozen copy of the ViT used for self-distillation: "
+            '`HydraTokModel.from_pretrained(path, subfolder="teacher")`.'
+            if save_teacher
+            else ""
+        )
     )
     write_model_card(
         output,
         [vit_name or Path(vit_path).name, llm_name or Path(llm_path).name],
         summary,
-        _USAGE.format(name=output.name),
     )
     return output
 
