@@ -39,7 +39,7 @@ from hydra_hf import (
     HydraTokConfig,
     HydraTokModel,
 )
-from hydra_hf.data import PALETTE, SHAPES, make_shapes_dataset
+from hydra_hf.data import HELD_OUT_COLORS, PALETTE, SHAPES, make_shapes_dataset
 from hydra_hf.data.text_tokenizer import train_word_tokenizer
 from hydra_hf.training import HydraCollator, HydraTokTrainer, HydraTrainer, PatchDiscriminator, TokenizerCollator
 from hydra_hf.training.trainers import last_complete_checkpoint
@@ -241,9 +241,10 @@ def main() -> None:
     parser.add_argument("--num_scenes", type=int, default=NUM_TRAIN_SCENES, help="training scenes (seed 0)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     dataset = make_shapes_dataset(args.num_scenes, seed=TRAIN_SEED)
-    texts = [CAPTION_PROMPT] + list(dataset["caption"]) + list(dataset["question"]) + list(dataset["answer"])
+    # The held-out colours' names are in the vocabulary (as in any real LLM's), never in the training data: their
+    # embedding rows stay untrained until a fine-tune (e.g. examples/finetune_lora.py) teaches them.
+    texts = [CAPTION_PROMPT, *HELD_OUT_COLORS] + list(dataset["caption"]) + list(dataset["question"]) + list(dataset["answer"])
     tokenizer = train_word_tokenizer(texts)
 
     logger.info("1. semantic ViT")
