@@ -30,6 +30,7 @@ from transformers import (
     Trainer,
     TrainingArguments,
 )
+from transformers.trainer_utils import get_last_checkpoint
 
 from hydra_hf import (
     HydraConfig,
@@ -41,7 +42,13 @@ from hydra_hf import (
 )
 from hydra_hf.data import HELD_OUT_COLORS, PALETTE, SHAPES, make_shapes_dataset
 from hydra_hf.data.text_tokenizer import train_word_tokenizer
-from hydra_hf.training import HydraCollator, HydraTokTrainer, HydraTrainer, PatchDiscriminator, TokenizerCollator
+from hydra_hf.training import (
+    HydraCollator,
+    HydraTokTrainer,
+    HydraTrainer,
+    PatchDiscriminator,
+    TokenizerCollator,
+)
 from hydra_hf.training.trainers import last_complete_checkpoint
 
 logger = logging.getLogger("train_hydra_tiny_shapes")
@@ -83,9 +90,16 @@ def training_args(work_dir: Path, stage: str, scale: float, **overrides) -> Trai
     return TrainingArguments(**{**values, **overrides})
 
 
+def resume_point(trainer: Trainer) -> str | None:
+    """The stage's last checkpoint: complete ones for hydra_hf's trainers (they mark them), the newest otherwise."""
+    if isinstance(trainer, (HydraTokTrainer, HydraTrainer)):
+        return last_complete_checkpoint(trainer.args.output_dir)
+    return get_last_checkpoint(trainer.args.output_dir) if Path(trainer.args.output_dir).is_dir() else None
+
+
 def run_trainer(trainer: Trainer, output: Path) -> None:
-    """Train (resuming from the stage's last complete checkpoint, if any) and save the result."""
-    trainer.train(resume_from_checkpoint=last_complete_checkpoint(trainer.args.output_dir))
+    """Train (resuming from the stage's last checkpoint, if any) and save the result."""
+    trainer.train(resume_from_checkpoint=resume_point(trainer))
     trainer.save_model(str(output))
 
 
@@ -132,7 +146,7 @@ def pretrain_semantic_vit(work_dir: Path, dataset, scale: float) -> Path:
         return batch
 
     trainer = Trainer(probe, training_args(work_dir, "semantic_vit", scale), train_dataset=dataset, data_collator=collate)
-    trainer.train(resume_from_checkpoint=last_complete_checkpoint(trainer.args.output_dir))
+    trainer.train(resume_from_checkpoint=resume_point(trainer))
     vit.save_pretrained(output)
     return output
 
