@@ -71,3 +71,12 @@ def test_evaluation_is_deterministic(model_dir):
     first = evaluate_shapes(pipe, num_scenes=3, batch_size=3, num_inference_steps=2, parts=("reconstruction", "vqa"))
     again = evaluate_shapes(pipe, num_scenes=3, batch_size=3, num_inference_steps=2, parts=("reconstruction", "vqa"))
     assert first.to_dict() == again.to_dict() and first.generation == {}
+
+
+def test_demo_writes_each_image_a_grid_and_answers(model_dir, tmp_path, capsys):
+    cli.main(["demo", "--model", str(model_dir), "--steps", "2", "--output-dir", str(tmp_path)])
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert len(pngs) == len(cli.DEMO_PROMPTS) + 1 and "grid.png" in pngs
+    assert Image.open(tmp_path / "grid.png").size == (len(cli.DEMO_PROMPTS) * 32 * cli.GRID_SCALE, 32 * cli.GRID_SCALE)
+    printed = capsys.readouterr().out
+    assert all(question in printed for question in cli.DEMO_QUESTIONS)

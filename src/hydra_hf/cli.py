@@ -17,6 +17,7 @@ DEMO_PROMPTS = (
     "three green circles",
     "a purple triangle to the left of an orange square",
 )
+GRID_SCALE = 3
 DEMO_QUESTIONS = ("how many objects are there?", "what color is the circle?", "is there a blue square?")
 
 
@@ -75,6 +76,8 @@ def chat(args) -> None:
 
 
 def demo(args) -> None:
+    from PIL import Image
+
     from .evaluation.shapes_eval import answer_questions
 
     pipe = load_pipeline(args.model)
@@ -82,14 +85,18 @@ def demo(args) -> None:
     output.mkdir(parents=True, exist_ok=True)
     images = pipe(list(DEMO_PROMPTS), num_inference_steps=args.steps, guidance_scale=args.guidance,
                   generator=_seeded(pipe, args.seed, len(DEMO_PROMPTS))).images
+    grid = Image.new("RGB", (GRID_SCALE * sum(i.width for i in images), GRID_SCALE * max(i.height for i in images)), "white")
     for index, (prompt, image) in enumerate(zip(DEMO_PROMPTS, images)):
         path = output / f"{index}-{prompt.replace(' ', '_')}.png"
         image.save(path)
+        grid.paste(image.resize((GRID_SCALE * image.width, GRID_SCALE * image.height), Image.NEAREST), (GRID_SCALE * image.width * index, 0))
         pairs = [(image, question) for question in DEMO_QUESTIONS]
         answers = answer_questions(pipe, [i for i, _ in pairs], [q for _, q in pairs])
         print(f"{path}  <- {prompt!r}")
         for question, answer in zip(DEMO_QUESTIONS, answers):
             print(f"    {question} {answer}")
+    grid.save(output / "grid.png")
+    print(f"{output / 'grid.png'}  (all four, enlarged {GRID_SCALE}x)")
 
 
 def evaluate(args) -> None:
