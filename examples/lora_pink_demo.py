@@ -14,14 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
 from hydra_hf import HydraPipeline
 from hydra_hf.cli import resolve_model
 from hydra_hf.data import ALL_COLORS, make_shapes_dataset
 from hydra_hf.data.shapes import generation_prompts
-from hydra_hf.evaluation import score_generation
-from hydra_hf.evaluation.shapes_eval import EVAL_SEED
+from hydra_hf.evaluation.shapes_eval import EVAL_SEED, generation_scores
 
 CATEGORIES = ("colors", "counting", "color_attribution")
 
@@ -29,16 +26,6 @@ CATEGORIES = ("colors", "counting", "color_attribution")
 def pink_prompts(count: int):
     pool = generation_prompts(20 * count, seed=EVAL_SEED + 1, categories=CATEGORIES, colors=tuple(ALL_COLORS))
     return [spec for spec in pool if "pink" in spec.prompt][:count]
-
-
-def generation_scores(pipe: HydraPipeline, specs, steps: int, guidance: float) -> dict[str, float]:
-    images = []
-    for start in range(0, len(specs), 25):
-        batch = specs[start : start + 25]
-        generators = [torch.Generator().manual_seed(start + i) for i in range(len(batch))]
-        images += pipe([spec.prompt for spec in batch], num_inference_steps=steps, guidance_scale=guidance,
-                       generator=generators).images
-    return score_generation(images, specs)
 
 
 def main() -> None:
@@ -67,9 +54,9 @@ def main() -> None:
     specs = pink_prompts(args.num_prompts)
     pipe = HydraPipeline.from_pretrained(model)
     pipe.set_progress_bar_config(disable=True)
-    before = generation_scores(pipe, specs, args.steps, args.guidance)
+    before = generation_scores(pipe, specs, args.steps, args.guidance, batch_size=25)
     pipe.load_lora_weights(str(adapter))
-    after = generation_scores(pipe, specs, args.steps, args.guidance)
+    after = generation_scores(pipe, specs, args.steps, args.guidance, batch_size=25)
     print(f"{len(specs)} prompts naming pink (seed {EVAL_SEED + 1}); {args.steps} steps, guidance {args.guidance}\n")
     print("| category | before | after LoRA |\n|---|---:|---:|")
     for name in before:

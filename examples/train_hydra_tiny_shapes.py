@@ -12,7 +12,7 @@ The recipe mirrors the paper's starting points, which are pretrained models, at 
   4. the unified model assembled from them, latent statistics measured, then stages I, II and III.
 Each stage writes its result under --work_dir and is skipped when rerun, so an interrupted run continues from the
 last finished stage (and from its last complete checkpoint inside a stage). `--scale` multiplies every stage's
-step count (0.02 gives a smoke run of a few minutes). The final model is written to `--work_dir/final`.
+step count (`--scale 0.01 --num_scenes 300` is a smoke run of about 1.5 minutes). The final model is written to `--work_dir/final`.
 """
 
 import argparse

@@ -60,9 +60,7 @@ def main(args: list[str] | None = None) -> None:
         perceptual_backend=model_args.perceptual_backend,
         trainable=model_args.trainable,
         train_dataset=prepare_dataset(data_args),
-        data_collator=TokenizerCollator(
-            image_processor, image_column=data_args.image_column, seed=training_args.seed + training_args.process_index
-        ),
+        data_collator=TokenizerCollator(image_processor, image_column=data_args.image_column),
         processing_class=image_processor,
     )
     trainer.train(resume_from_checkpoint=resume_argument(training_args.resume_from_checkpoint))

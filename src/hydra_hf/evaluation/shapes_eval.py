@@ -11,7 +11,14 @@ from ..data.shapes import generation_prompts, make_shapes_dataset
 from ..pipelines import HydraPipeline
 from .shapes import format_scores_table, psnr, score_generation, vqa_accuracy
 
-__all__ = ["EVAL_SEED", "ShapesEvaluation", "answer_questions", "evaluate_shapes", "reconstruction_psnr"]
+__all__ = [
+    "EVAL_SEED",
+    "ShapesEvaluation",
+    "answer_questions",
+    "evaluate_shapes",
+    "generation_scores",
+    "reconstruction_psnr",
+]
 
 # Scenes from this seed are never used in training (the recipe trains on seed 0).
 EVAL_SEED = 12345
@@ -104,11 +111,23 @@ def evaluate_shapes(
             result.vqa_by_type[kind] = vqa_accuracy([predictions[i] for i in chosen], [answers[i] for i in chosen])
     if "generation" in parts:
         specs = generation_prompts(num_scenes, seed=seed)
-        images = []
-        for index, batch in enumerate(tqdm(list(_batches(specs, batch_size)), desc="generation", leave=False)):
-            generators = [torch.Generator(pipe.device).manual_seed(seed + index * batch_size + i) for i in range(len(batch))]
-            output = pipe([spec.prompt for spec in batch], num_inference_steps=num_inference_steps,
-                          guidance_scale=guidance_scale, generator=generators)
-            images += output.images
-        result.generation = score_generation(images, specs)
+        result.generation = generation_scores(pipe, specs, num_inference_steps, guidance_scale, batch_size, seed)
     return result
+
+
+def generation_scores(
+    pipe: HydraPipeline,
+    specs: list,
+    num_inference_steps: int = 30,
+    guidance_scale: float = 5.0,
+    batch_size: int = 50,
+    seed: int = EVAL_SEED,
+) -> dict[str, float]:
+    """GenEval-style scores of one seeded image per prompt spec."""
+    images = []
+    for start in tqdm(range(0, len(specs), batch_size), desc="generation", leave=False):
+        batch = specs[start : start + batch_size]
+        generators = [torch.Generator(pipe.device).manual_seed(seed + start + i) for i in range(len(batch))]
+        images += pipe([spec.prompt for spec in batch], num_inference_steps=num_inference_steps,
+                       guidance_scale=guidance_scale, generator=generators).images
+    return score_generation(images, specs)

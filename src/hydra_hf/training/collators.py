@@ -20,16 +20,9 @@ logger = logging.get_logger(__name__)
 
 
 class _SkippingCollator:
-    """Shared skip accounting and position-keyed randomness."""
+    """Shared skip accounting."""
 
-    seed: int
     skipped: Counter
-    batches_seen: int
-
-    def _next_batch_generator(self) -> torch.Generator:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.batches_seen)
-        self.batches_seen += 1
-        return generator
 
     def _skip(self, reason: str) -> None:
         self.skipped[reason] += 1
@@ -55,15 +48,12 @@ class TokenizerCollator(_SkippingCollator):
 
     image_processor: HydraImageProcessor
     image_column: str = "image"
-    seed: int = 0
     skipped: Counter = field(default_factory=Counter)
-    batches_seen: int = 0
 
     def __post_init__(self):
         self._last_batch = None
 
     def __call__(self, examples: list[dict]) -> dict:
-        self.batches_seen += 1
         images = [image for image in (self._read_image(e.get(self.image_column)) for e in examples) if image is not None]
         if not images:
             return self._fallback(self._last_batch)
@@ -98,6 +88,11 @@ class HydraCollator(_SkippingCollator):
         if not 0.0 <= self.generation_ratio <= 1.0:
             raise ValueError(f"generation_ratio must be in [0, 1], got {self.generation_ratio}")
         self._last_batch = None
+
+    def _next_batch_generator(self) -> torch.Generator:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.batches_seen)
+        self.batches_seen += 1
+        return generator
 
     def _text(self, example: dict, column: str | None) -> str:
         value = example.get(column) if column else None
