@@ -53,7 +53,8 @@ def main() -> None:
         training_details={
             "recipe": "examples/train_hydra_tiny_shapes.py (semantic ViT, word tokenizer, LLM, HYDRA-TOK 1-2, unified I-III)",
             "steps, batch, learning rate per stage": json.dumps(recipe["stages"]),
-            "training scenes": f"{recipe['scenes']} (seed {recipe['seed']})",
+            "training scenes": f"{recipe['scenes']} for the unified stages, the first {recipe.get('pretrain_scenes', recipe['scenes'])} "
+            f"of them for the pretraining and tokenizer stages (seed {recipe['seed']})",
             "evaluation": f"{scores['num_scenes']} held-out scenes (seed {scores['seed']}), `hydra-hf eval shapes`, "
             f"{scores['settings']}",
         },

@@ -44,6 +44,7 @@ def test_presets_and_config_round_trip(tmp_path):
         (dict(latents_mean=[0.0] * 3, latents_std=[1.0] * 3), "latents_mean needs 8 values"),
         (dict(latents_mean=[0.0] * 8), "must be given together"),
         (dict(decoder_prediction_type="epsilon"), "decoder_prediction_type"),
+        (dict(decoder_noise_augmentation=-0.1), "decoder_noise_augmentation must be >= 0"),
     ],
 )
 def test_inconsistent_configs_are_rejected(overrides, message):
@@ -227,6 +228,23 @@ def test_tokenizer_loss_combines_the_paper_terms_and_reaches_every_part():
         assert model.get_parameter(name).grad.abs().sum() > 0, name
     again = model(pixels, return_loss=True, generator=torch.Generator().manual_seed(0))
     assert torch.equal(again.loss_flow, out.loss_flow)  # the decoder's noise and time follow the generator
+
+
+def test_decoder_noise_augmentation_perturbs_only_what_the_decoder_trains_on():
+    plain, augmented = tiny_model().train(), tiny_model(decoder_noise_augmentation=0.5).train()
+    pixels = random_pixels(2, 32)
+    seeded = dict(return_loss=True, generator=torch.Generator().manual_seed(0))
+    out_plain = plain(pixels, **seeded)
+    out_augmented = augmented(pixels, **{**seeded, "generator": torch.Generator().manual_seed(0)})
+    again = augmented(pixels, **{**seeded, "generator": torch.Generator().manual_seed(0)})
+    assert torch.equal(out_plain.latents, out_augmented.latents)  # the encoder's outputs are untouched
+    assert torch.equal(out_plain.semantic_features, out_augmented.semantic_features)
+    assert not torch.allclose(out_plain.loss_flow, out_augmented.loss_flow)  # the decoder read noisier latents
+    assert torch.equal(again.loss_flow, out_augmented.loss_flow)  # and that noise follows the generator
+    latents = plain.encode(pixels).latent_dist.mean
+    with torch.no_grad():  # inference is unaffected: decoding is the same function of the latents
+        decoded = [model.eval().decode(latents, generator=torch.Generator().manual_seed(1)).sample for model in (plain, augmented)]
+    assert torch.equal(*decoded)
 
 
 def test_bfloat16_path_runs_at_tiny_size():

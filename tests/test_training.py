@@ -112,6 +112,20 @@ def test_trainer_audit_matches_the_stage(tmp_path, shapes_dataset):
     assert trained == set(trainer.trainable_parameter_names) == set(apply_stage(tiny_hydra(), UNIFIED_STAGES["I"]))
 
 
+def test_decoder_stage_without_adversarial_weight_builds_no_discriminator(tmp_path, shapes_dataset):
+    def trainer_for(model):
+        return HydraTokTrainer(model, training_args(tmp_path), stage="2", teacher=copy.deepcopy(model),
+                               train_dataset=shapes_dataset, data_collator=TokenizerCollator(image_processor()))
+
+    assert isinstance(trainer_for(tiny_tokenizer_model()).discriminator, PatchDiscriminator)
+    model = tiny_tokenizer_model()
+    model.config.adversarial_weight = 0.0
+    trainer = trainer_for(model)
+    assert trainer.discriminator is None
+    trainer.train()
+    assert "loss_adversarial" not in trainer.state.log_history[0]
+
+
 # ----------------------------------------------------------------------------------------------- losses and parts
 def test_adversarial_losses_and_discriminator_round_trip(tmp_path):
     real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.5])

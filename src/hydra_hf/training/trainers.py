@@ -124,7 +124,7 @@ class HydraTokTrainer(_HydraTrainerMixin, Trainer):
             PerceptualLoss(self.teacher, perceptual_backend).to(self.args.device) if config.perceptual_weight > 0 else None
         )
         self.discriminator = None
-        if self.stage.adversarial:
+        if self.stage.adversarial and config.adversarial_weight > 0:
             self.discriminator = (discriminator or PatchDiscriminator()).to(self.args.device)
             self.discriminator_learning_rate = discriminator_learning_rate or self.args.learning_rate
         self._fake_images = None

@@ -71,6 +71,10 @@ class HydraTokConfig(PreTrainedConfig):
         decoder_prediction_type (`str`): what the decoder network outputs: `"sample"` (the clean patches; the
             velocity `(x_t - x) / t` follows, which works when the decoder is narrower than a pixel patch) or
             `"velocity"` (`eps - x` directly). Either way the decoder is trained with the velocity loss of Eq. 7.
+        decoder_noise_augmentation (`float`): during training, the decoder reads latents with extra Gaussian noise
+            of std `u * decoder_noise_augmentation` per channel's batch std (`u` uniform in [0, 1] per image), as
+            RAE decoders are trained: generated latents are never exactly on the encoder's manifold, and a decoder
+            that only saw the encoder's own latents turns small errors into speckles. 0 turns it off.
         scaling_factor, shift_factor, latents_mean, latents_std: latent normalisation in the diffusers sense:
             generative models see `(z - shift_factor) * scaling_factor`, or `(z - mean) / std * scaling_factor`
             per channel when `latents_mean`/`latents_std` are set.
@@ -109,6 +113,7 @@ class HydraTokConfig(PreTrainedConfig):
     decoder_intermediate_size: int = 4096
     decoder_num_inference_steps: int = 10
     decoder_prediction_type: str = "sample"
+    decoder_noise_augmentation: float = 0.0
     scaling_factor: float = 1.0
     shift_factor: float | None = None
     latents_mean: list[float] | None = None
@@ -145,6 +150,8 @@ class HydraTokConfig(PreTrainedConfig):
             )
         if self.decoder_prediction_type not in ("sample", "velocity"):
             raise ValueError(f"decoder_prediction_type must be 'sample' or 'velocity', got {self.decoder_prediction_type!r}")
+        if self.decoder_noise_augmentation < 0:
+            raise ValueError(f"decoder_noise_augmentation must be >= 0, got {self.decoder_noise_augmentation}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})")
         bad = [layer for layer in self.distillation_layers if not 1 <= layer <= self.num_layers]

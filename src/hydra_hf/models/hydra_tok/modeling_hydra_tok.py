@@ -509,6 +509,12 @@ class HydraTokModel(HydraTokPreTrainedModel):
         self, pixel_values: torch.Tensor, latents: torch.Tensor, generator: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 7 at logit-normal times, and the one-step clean estimate for the perceptual/GAN terms."""
+        augmentation = self.config.decoder_noise_augmentation
+        if augmentation > 0:
+            scale = augmentation * torch.rand(latents.shape[0], 1, 1, 1, generator=generator, device=latents.device)
+            channel_std = latents.detach().std(dim=(0, 2, 3), keepdim=True)
+            latent_noise = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+            latents = latents + scale.to(latents.dtype) * channel_std * latent_noise
         noise = randn_tensor(pixel_values.shape, generator=generator, device=pixel_values.device, dtype=pixel_values.dtype)
         t = flow_matching.sample_timesteps(pixel_values.shape[0], generator=generator, device=pixel_values.device)
         t = t.to(pixel_values.dtype)
