@@ -74,7 +74,7 @@ STAGES = {
     "tokenizer_1": (3000, 32, 5e-4),
     "tokenizer_2": (3000, 32, 5e-4),
     "unified_I": (800, 32, 1e-3),
-    "unified_II": (6000, 32, 2e-3),
+    "unified_II": (6000, 32, 1e-3),
     "unified_III": (600, 32, 1e-4),
 }
 GRID = 4  # the semantic ViT learns where each colour and shape lies on a GRID x GRID layout
