@@ -5,7 +5,8 @@
 Base training never shows pink (the word is in the vocabulary, its embedding row untrained). The demo renders scenes
 that feature pink, fine-tunes a LoRA adapter on them with examples/finetune_lora.py (the HydraTrainer path), then
 scores GenEval-style prompts that name pink, from a seed neither run trained on, before and after loading the
-adapter into the pipeline. Prints a table and writes `scores.json` in --work_dir.
+adapter into the pipeline, along with how often a pink object of any shape appears at all. Prints a table and writes
+`scores.json` in --work_dir.
 """
 
 import argparse
@@ -18,7 +19,8 @@ from hydra_hf import HydraPipeline
 from hydra_hf.cli import resolve_model
 from hydra_hf.data import ALL_COLORS, make_shapes_dataset
 from hydra_hf.data.shapes import generation_prompts
-from hydra_hf.evaluation.shapes_eval import EVAL_SEED, generation_scores
+from hydra_hf.evaluation.shapes import detect_objects, score_generation
+from hydra_hf.evaluation.shapes_eval import EVAL_SEED, generate_for_specs
 
 CATEGORIES = ("colors", "counting", "color_attribution")
 
@@ -26,6 +28,16 @@ CATEGORIES = ("colors", "counting", "color_attribution")
 def pink_prompts(count: int):
     pool = generation_prompts(20 * count, seed=EVAL_SEED + 1, categories=CATEGORIES, colors=tuple(ALL_COLORS))
     return [spec for spec in pool if "pink" in spec.prompt][:count]
+
+
+def pink_scores(images, specs) -> dict[str, float]:
+    """GenEval-style scores, plus how often the detector finds a pink object of any shape: the concept itself,
+    measurable even while the base model's shapes are too rough for the exact-shape categories."""
+    scores = score_generation(images, specs)
+    scores["pink object present"] = sum(
+        any(found.color == "pink" for found in detect_objects(image)) for image in images
+    ) / len(images)
+    return scores
 
 
 def main() -> None:
@@ -54,11 +66,11 @@ def main() -> None:
     specs = pink_prompts(args.num_prompts)
     pipe = HydraPipeline.from_pretrained(model)
     pipe.set_progress_bar_config(disable=True)
-    before = generation_scores(pipe, specs, args.steps, args.guidance, batch_size=25)
+    before = pink_scores(generate_for_specs(pipe, specs, args.steps, args.guidance, batch_size=25), specs)
     pipe.load_lora_weights(str(adapter))
-    after = generation_scores(pipe, specs, args.steps, args.guidance, batch_size=25)
+    after = pink_scores(generate_for_specs(pipe, specs, args.steps, args.guidance, batch_size=25), specs)
     print(f"{len(specs)} prompts naming pink (seed {EVAL_SEED + 1}); {args.steps} steps, guidance {args.guidance}\n")
-    print("| category | before | after LoRA |\n|---|---:|---:|")
+    print("| score | before | after LoRA |\n|---|---:|---:|")
     for name in before:
         print(f"| {name} | {before[name]:.3f} | {after[name]:.3f} |")
     (args.work_dir / "scores.json").write_text(json.dumps({"before": before, "after": after, "prompts": len(specs)}, indent=2))

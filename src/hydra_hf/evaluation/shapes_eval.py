@@ -16,6 +16,7 @@ __all__ = [
     "ShapesEvaluation",
     "answer_questions",
     "evaluate_shapes",
+    "generate_for_specs",
     "generation_scores",
     "reconstruction_psnr",
 ]
@@ -115,6 +116,24 @@ def evaluate_shapes(
     return result
 
 
+def generate_for_specs(
+    pipe: HydraPipeline,
+    specs: list,
+    num_inference_steps: int = 30,
+    guidance_scale: float = 5.0,
+    batch_size: int = 50,
+    seed: int = EVAL_SEED,
+) -> list:
+    """One seeded image per prompt spec (image i uses seed `seed + i`, whatever the batch size)."""
+    images = []
+    for start in tqdm(range(0, len(specs), batch_size), desc="generation", leave=False):
+        batch = specs[start : start + batch_size]
+        generators = [torch.Generator(pipe.device).manual_seed(seed + start + i) for i in range(len(batch))]
+        images += pipe([spec.prompt for spec in batch], num_inference_steps=num_inference_steps,
+                       guidance_scale=guidance_scale, generator=generators).images
+    return images
+
+
 def generation_scores(
     pipe: HydraPipeline,
     specs: list,
@@ -124,10 +143,5 @@ def generation_scores(
     seed: int = EVAL_SEED,
 ) -> dict[str, float]:
     """GenEval-style scores of one seeded image per prompt spec."""
-    images = []
-    for start in tqdm(range(0, len(specs), batch_size), desc="generation", leave=False):
-        batch = specs[start : start + batch_size]
-        generators = [torch.Generator(pipe.device).manual_seed(seed + start + i) for i in range(len(batch))]
-        images += pipe([spec.prompt for spec in batch], num_inference_steps=num_inference_steps,
-                       guidance_scale=guidance_scale, generator=generators).images
+    images = generate_for_specs(pipe, specs, num_inference_steps, guidance_scale, batch_size, seed)
     return score_generation(images, specs)
