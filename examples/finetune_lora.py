@@ -22,7 +22,9 @@ Teaching a new concept, e.g. the shapes world's held-out colour pink, starting f
     python examples/finetune_lora.py --model_name_or_path hydra-tiny-shapes --dataset data/pink \\
         --output_dir out/pink-lora --max_steps 300 --learning_rate 1e-3 --train_tokens pink
 
-then score "pink" prompts with and without the adapter (hydra_hf.evaluation).
+then score "pink" prompts with and without the adapter (hydra_hf.evaluation). examples/lora_pink_demo.py does all of
+this, and also refines HYDRA-TOK's decoder, which never saw pink (an adapter on the LLM cannot draw a colour that the
+decoder turns into another).
 """
 
 import sys
