@@ -127,6 +127,8 @@ class HydraTokTrainer(_HydraTrainerMixin, Trainer):
         if self.stage.adversarial and config.adversarial_weight > 0:
             self.discriminator = (discriminator or PatchDiscriminator()).to(self.args.device)
             self.discriminator_learning_rate = discriminator_learning_rate or self.args.learning_rate
+        elif self.stage.adversarial:
+            logger.info("adversarial_weight is 0: this stage runs without the GAN term and its discriminator")
         self._fake_images = None
         # Distillation (and the constant GSB terms) matter only while the encoder trains.
         self.encoder_trains = any(not name.startswith("decoder.") for name in self.trainable_parameter_names)
