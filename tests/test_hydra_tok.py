@@ -255,6 +255,24 @@ def test_decoder_noise_augmentation_perturbs_only_what_the_decoder_trains_on():
     assert torch.equal(*decoded)
 
 
+def test_decoder_can_train_on_the_posterior_mean_it_is_given_at_inference():
+    def decoder_input(model):
+        read = []
+        hook = model.decoder.register_forward_pre_hook(lambda module, args: read.append(args[2].detach()))
+        out = model(pixels, return_loss=True, generator=torch.Generator().manual_seed(0))
+        hook.remove()
+        return out, read[0]
+
+    pixels = random_pixels(2, 32)
+    sampled, sampled_input = decoder_input(tiny_model().train())
+    mean, mean_input = decoder_input(tiny_model(decoder_training_latents="mean").train())
+    assert torch.equal(sampled_input, grid_to_tokens(sampled.latents))
+    assert torch.equal(mean_input, grid_to_tokens(mean.latent_mean))
+    assert not torch.allclose(mean.latents, mean.latent_mean)  # the posterior sample still differs from its mean
+    with pytest.raises(Exception, match="decoder_training_latents must be 'sample' or 'mean'"):
+        tiny_model(decoder_training_latents="mode")
+
+
 def test_bfloat16_path_runs_at_tiny_size():
     model = tiny_model().to(torch.bfloat16)
     out = model(random_pixels(1, 32))

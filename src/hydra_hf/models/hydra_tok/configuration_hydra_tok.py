@@ -71,6 +71,9 @@ class HydraTokConfig(PreTrainedConfig):
         decoder_prediction_type (`str`): what the decoder network outputs: `"sample"` (the clean patches; the
             velocity `(x_t - x) / t` follows, which works when the decoder is narrower than a pixel patch) or
             `"velocity"` (`eps - x` directly). Either way the decoder is trained with the velocity loss of Eq. 7.
+        decoder_training_latents (`str`): what the decoder reads in training: `"sample"` (the reparameterised
+            posterior sample, as a VAE trains) or `"mean"` (the posterior mean, which is what `decode` is given at
+            inference; for refining the decoder once the encoder is frozen, where the sample's noise only blurs).
         decoder_noise_augmentation (`float`): during training, the decoder reads latents with extra Gaussian noise
             of std `u * decoder_noise_augmentation` per channel's batch std (`u` uniform in [0, 1] per image), as
             RAE decoders are trained: generated latents are never exactly on the encoder's manifold, and a decoder
@@ -113,6 +116,7 @@ class HydraTokConfig(PreTrainedConfig):
     decoder_intermediate_size: int = 4096
     decoder_num_inference_steps: int = 10
     decoder_prediction_type: str = "sample"
+    decoder_training_latents: str = "sample"
     decoder_noise_augmentation: float = 0.0
     scaling_factor: float = 1.0
     shift_factor: float | None = None
@@ -150,6 +154,8 @@ class HydraTokConfig(PreTrainedConfig):
             )
         if self.decoder_prediction_type not in ("sample", "velocity"):
             raise ValueError(f"decoder_prediction_type must be 'sample' or 'velocity', got {self.decoder_prediction_type!r}")
+        if self.decoder_training_latents not in ("sample", "mean"):
+            raise ValueError(f"decoder_training_latents must be 'sample' or 'mean', got {self.decoder_training_latents!r}")
         if self.decoder_noise_augmentation < 0:
             raise ValueError(f"decoder_noise_augmentation must be >= 0, got {self.decoder_noise_augmentation}")
         if self.image_size % self.patch_size:

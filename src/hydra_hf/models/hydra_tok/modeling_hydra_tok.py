@@ -455,8 +455,9 @@ class HydraTokModel(HydraTokPreTrainedModel):
         latents = tokens_to_grid(latent_tokens, grid)
         loss = loss_flow = clean_estimate = None
         if return_loss:
-            loss_flow, clean_estimate = self._decoder_flow_loss(pixel_values, latents, generator)
             config = self.config
+            decoder_latents = latents if config.decoder_training_latents == "sample" else tokens_to_grid(mean, grid)
+            loss_flow, clean_estimate = self._decoder_flow_loss(pixel_values, decoder_latents, generator)
             loss = config.flow_weight * loss_flow + config.kl_weight * kl_loss + config.cosine_weight * cosine_loss
         output = HydraTokOutput(
             latent_mean=tokens_to_grid(mean, grid),
