@@ -229,9 +229,6 @@ def assemble(work_dir: Path, dataset, tokenizer, tokenizer_path: Path, llm_path:
         text_config=llm.config.to_dict(), vision_config={**vision.config.to_dict(), "latents_mean": mean, "latents_std": std},
         image_token_id=tokenizer.image_token_id, boi_token_id=tokenizer.boi_token_id, eoi_token_id=tokenizer.eoi_token_id,
         flow_head_hidden_size=256, flow_head_num_layers=3,
-        # A 4-layer LLM cannot work out from 1-D RoPE where on the 8x8 grid a noisy token sits; without this its
-        # shapes come out as blobs and colour-free prompts ("a circle") mostly as empty canvases.
-        image_position_embeddings=True,
     )
     torch.manual_seed(TRAIN_SEED)
     model = HydraForConditionalGeneration(config)

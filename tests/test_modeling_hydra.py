@@ -294,27 +294,6 @@ def test_bottleneck_input_switch_skips_sem_vit():
         assert torch.equal(model(**inputs).logits, base)
 
 
-def test_image_position_embeddings_tell_the_llm_where_each_visual_token_sits(tmp_path):
-    # A latent that is the same in every cell: without position embeddings every visual token is identical, since
-    # nothing between the latent and the LLM knows where a cell is.
-    flat_latents = torch.randn(1, 8, 1, 1).expand(1, 8, 4, 4).contiguous()
-    with torch.no_grad():
-        blind = tiny_hydra().model.visual_tokens(flat_latents)
-        assert torch.allclose(blind, blind[:, :1].expand_as(blind), atol=1e-5)
-
-        model = tiny_hydra(image_position_embeddings=True)
-        table = model.model.image_position_embedding
-        assert table.shape == (1, N, model.config.text_config.hidden_size) and table.std() > 0
-        placed = model.model.visual_tokens(flat_latents)
-        assert torch.allclose(placed - table, placed[:, :1] - table[:, :1], atol=1e-5)
-        assert model.model.visual_tokens(torch.randn(2, 8, 2, 6)).shape == (2, 12, table.shape[-1])
-
-        model.save_pretrained(tmp_path)
-        reloaded = HydraForConditionalGeneration.from_pretrained(tmp_path).eval()
-        assert torch.equal(reloaded.model.image_position_embedding, table)
-        assert torch.equal(reloaded.model.visual_tokens(flat_latents), placed)
-
-
 # ---------------------------------------------------------------------------------------------------------- errors
 def test_placeholder_count_mismatch_is_a_clear_error():
     model, processor = tiny_hydra(), tiny_processor()

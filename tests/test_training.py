@@ -96,9 +96,6 @@ def test_each_stage_trains_exactly_what_its_config_says():
     assert not any(".sem_vit." in name for name in frozen)
     assert set(apply_stage(model, UNIFIED_STAGES["III"])) == stage_two
 
-    placed = tiny_hydra(image_position_embeddings=True)
-    assert "model.image_position_embedding" in apply_stage(placed, UNIFIED_STAGES["I"])
-
     custom = resolve_stage("I", UNIFIED_STAGES, trainable=[r"^lm_head\."])
     assert apply_stage(model, custom) == ["lm_head.weight"]
     with pytest.raises(ValueError, match="trains nothing"):

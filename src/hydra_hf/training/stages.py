@@ -11,12 +11,7 @@ __all__ = ["Stage", "TOKENIZER_STAGES", "UNIFIED_STAGES", "apply_stage", "resolv
 # The generative half of HYDRA-TOK: the latent space the flow head is trained in. It is fixed after tokenizer
 # training (as Hydra-X keeps Gen-ViT and the decoder frozen in the unified stages), otherwise the flow targets of
 # the unified model would move under it.
-_UNIFIED_HEADS = [
-    r"^model\.projector\.",
-    r"^model\.image_position_embedding$",
-    r"^model\.time_embedding\.",
-    r"^flow_head\.",
-]
+_UNIFIED_HEADS = [r"^model\.projector\.", r"^model\.time_embedding\.", r"^flow_head\."]
 _UNIFIED_ALL = _UNIFIED_HEADS + [
     r"^model\.language_model\.",
     r"^lm_head\.",
@@ -44,10 +39,7 @@ TOKENIZER_STAGES: dict[str, Stage] = {
 }
 
 UNIFIED_STAGES: dict[str, Stage] = {
-    "I": Stage(
-        "I", _UNIFIED_HEADS,
-        description="alignment: LLM frozen; projector (and image positions), time embedding, flow head train",
-    ),
+    "I": Stage("I", _UNIFIED_HEADS, description="alignment: LLM frozen; projector, time embedding, flow head train"),
     "II": Stage("II", _UNIFIED_ALL, description="joint pre-training of LLM, Sem-ViT and heads on both tasks"),
     "III": Stage("III", _UNIFIED_ALL, description="instruction tuning, same parameters as stage II"),
 }

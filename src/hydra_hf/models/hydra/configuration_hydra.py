@@ -80,10 +80,6 @@ class HydraConfig(PreTrainedConfig):
         llm_vision_input (`str`): what the projector reads: `"semantic"` (Sem-ViT output; default, as Hydra-X
             describes HYDRA) or `"bottleneck"` (H_bn = unproj(z), skipping Sem-ViT).
         projector_hidden_act (`str`): activation of the two-layer projector MLP (vision width -> LLM width).
-        image_position_embeddings (`bool`): add a learned 2-D position embedding (one per latent-grid cell) to
-            the visual tokens the LLM reads. Off by default, as in the paper, whose LLM places image tokens by its
-            1-D RoPE alone. A noisy latent carries no position of its own (Gen-ViT's position table reaches z only
-            through a clean image), so a small LLM otherwise has to infer where each token sits from RoPE.
         time_embedding_dim (`int`): sinusoidal features of t before the time-embedding MLP (to LLM width).
         flow_head_hidden_size, flow_head_num_layers (`int`): the flow head, residual MLP blocks with adaLN driven by
             the time embedding, ending in a projection to `vision_config.latent_channels`.
@@ -111,7 +107,6 @@ class HydraConfig(PreTrainedConfig):
     eoi_token_id: int = 151667
     llm_vision_input: str = "semantic"
     projector_hidden_act: str = "gelu"
-    image_position_embeddings: bool = False
     time_embedding_dim: int = 256
     flow_head_hidden_size: int | None = None
     flow_head_num_layers: int = 2

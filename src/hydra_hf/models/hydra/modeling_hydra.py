@@ -21,13 +21,7 @@ from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from ... import flow_matching
-from ..hydra_tok.modeling_hydra_tok import (
-    HydraTokModel,
-    ZeroInitLinear,
-    grid_to_tokens,
-    resize_position_table,
-    tokens_to_grid,
-)
+from ..hydra_tok.modeling_hydra_tok import HydraTokModel, ZeroInitLinear, grid_to_tokens, tokens_to_grid
 from .configuration_hydra import HydraConfig
 
 __all__ = [
@@ -145,8 +139,6 @@ class HydraPreTrainedModel(PreTrainedModel):
         if isinstance(module, ZeroInitLinear):
             init.zeros_(module.weight)
             init.zeros_(module.bias)
-        elif isinstance(module, HydraModel) and module.image_position_embedding is not None:
-            init.trunc_normal_(module.image_position_embedding, std=self.config.text_config.initializer_range)
 
 
 def image_block_ids(image_token_mask: torch.Tensor) -> torch.Tensor:
@@ -166,11 +158,6 @@ class HydraModel(HydraPreTrainedModel):
         self.time_proj = Timesteps(config.time_embedding_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embedding = TimestepEmbedding(config.time_embedding_dim, config.text_config.hidden_size)
         self.language_model = AutoModel.from_config(config.text_config)
-        self.image_position_embedding = (
-            nn.Parameter(torch.zeros(1, config.num_image_tokens, config.text_config.hidden_size))
-            if config.image_position_embeddings
-            else None
-        )
         self.post_init()
 
     def get_input_embeddings(self):
@@ -195,10 +182,7 @@ class HydraModel(HydraPreTrainedModel):
             features = self.vision_model.semantic_features_from_latents(latents)
         else:
             features = self.vision_model.bottleneck.unproj(grid_to_tokens(self.vision_model._check_latents(latents)))
-        tokens = self.projector(features)
-        if self.image_position_embedding is not None:
-            tokens = tokens + resize_position_table(self.image_position_embedding, tuple(latents.shape[-2:]))
-        return tokens
+        return self.projector(features)
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Understanding path: pixels -> projected semantic tokens `[I, N, D]`."""

@@ -7,7 +7,6 @@ latents are laid out `[B, C, H/p, W/p]` and pixels live in [-1, 1].
 """
 
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -108,16 +107,6 @@ def unpatchify(patches: torch.Tensor, patch_size: int, grid: tuple[int, int], ch
 def tokens_to_grid(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """`[B, h*w, C]` -> `[B, C, h, w]` (the VAE latent layout)."""
     return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
-
-
-def resize_position_table(table: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """A learned square `[1, side * side, D]` position table, bicubically resized to `grid` when it differs."""
-    side = math.isqrt(table.shape[1])
-    if grid == (side, side):
-        return table
-    square = table.reshape(1, side, side, -1).permute(0, 3, 1, 2)
-    resized = F.interpolate(square.float(), size=grid, mode="bicubic", align_corners=False)
-    return resized.to(table.dtype).flatten(2).transpose(1, 2)
 
 
 def grid_to_tokens(latents: torch.Tensor) -> torch.Tensor:
@@ -222,7 +211,13 @@ class HydraTokEmbeddings(nn.Module):
         self.position_embedding = nn.Parameter(torch.zeros(1, num_positions, config.hidden_size))
 
     def _patch_position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
-        return resize_position_table(self.position_embedding[:, int(self.config.use_cls_token) :], grid)
+        side = self.config.num_patches_per_side
+        patch_positions = self.position_embedding[:, int(self.config.use_cls_token) :]
+        if grid == (side, side):
+            return patch_positions
+        table = patch_positions.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        table = F.interpolate(table.float(), size=grid, mode="bicubic", align_corners=False)
+        return table.to(patch_positions.dtype).flatten(2).transpose(1, 2)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         patches = self.patch_embedding(pixel_values)
