@@ -198,7 +198,7 @@ def train_tokenizer(work_dir: Path, dataset, semantic_vit: Path, scale: float) -
         # cost reconstruction PSNR here (3000 further decoder steps on 300 held-out scenes: 25.4 dB with the GAN at
         # lr 2e-4, 29.6 dB without it at lr 5e-4; the first recipe's 600 GAN steps ended at 26.7 dB).
         # The decoder refines on the posterior mean, the latent `decode` is given: the sample's noise (0.05-0.7 of a
-        # channel's spread here) only blurs what it learns.
+        # channel's spread here) only blurs what it learns (500 held-out scenes: 29.44 dB on samples, 30.09 on means).
         model = HydraTokModel.from_pretrained(stage_one, adversarial_weight=0.0, decoder_training_latents="mean")
         trainer = HydraTokTrainer(
             model, training_args(work_dir, "tokenizer_2", scale), stage="2", teacher=teacher,
