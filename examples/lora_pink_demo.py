@@ -82,7 +82,9 @@ def main() -> None:
         make_shapes_dataset(args.num_scenes, seed=7, featured_color="pink").save_to_disk(str(data))
     if not (adapter / "adapter_config.json").exists():
         subprocess.run(
+            # The card names the base as the user did ("hydra-tiny-shapes"), not as this machine's folder.
             [sys.executable, str(Path(__file__).with_name("finetune_lora.py")), "--model_name_or_path", model,
+             "--base_model_id", args.model,
              "--dataset", str(data), "--output_dir", str(adapter), "--max_steps", str(args.max_steps),
              "--learning_rate", "1e-3", "--train_tokens", "pink", "--generation_ratio", "0.7",
              "--per_device_train_batch_size", "32", "--use_cpu", "--report_to", "none", "--save_strategy", "no",

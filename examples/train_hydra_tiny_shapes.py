@@ -8,7 +8,7 @@ The recipe mirrors the paper's starting points, which are pretrained models, at 
   1. a small semantic ViT trained to read the scene's attributes (counts of each coloured shape, where each colour
      and shape lies): HYDRA-TOK's initialisation and its frozen self-distillation teacher;
   2. a small Qwen2 LLM pre-trained on the world's text;
-  3. HYDRA-TOK stage 1 (end to end, with distillation) and stage 2 (decoder refinement; the GAN term is off);
+  3. HYDRA-TOK stage 1 (end to end, with distillation) and stage 2 (decoder refinement on posterior means, no GAN);
   4. the unified model assembled from them, latent statistics measured, then stages I, II and III.
 Each stage writes its result under --work_dir and is skipped when rerun, so an interrupted run continues from the
 last finished stage (and from its last complete checkpoint inside a stage). `--scale` multiplies every stage's
