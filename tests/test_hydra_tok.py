@@ -231,13 +231,19 @@ def test_tokenizer_loss_combines_the_paper_terms_and_reaches_every_part():
     assert torch.equal(again.loss_flow, out.loss_flow)  # the decoder's noise and time follow the generator
 
 
+def decoder_training_input(model: HydraTokModel, pixels: torch.Tensor, seed: int = 0):
+    """A training forward's output and the latent tokens its decoder was conditioned on."""
+    read = []
+    hook = model.decoder.register_forward_pre_hook(lambda module, args: read.append(args[2].detach()))
+    out = model(pixels, return_loss=True, generator=torch.Generator().manual_seed(seed))
+    hook.remove()
+    return out, read[0]
+
+
 def test_decoder_noise_augmentation_perturbs_only_what_the_decoder_trains_on():
     def run(model, seed=0):
-        read = []  # the latent tokens the decoder is conditioned on
-        hook = model.decoder.register_forward_pre_hook(lambda module, args: read.append(args[2].detach()))
-        out = model(pixels, return_loss=True, generator=torch.Generator().manual_seed(seed))
-        hook.remove()
-        return out, read[0] - grid_to_tokens(out.latents)
+        out, read = decoder_training_input(model, pixels, seed)
+        return out, read - grid_to_tokens(out.latents)
 
     plain, augmented = tiny_model().train(), tiny_model(decoder_noise_augmentation=0.5).train()
     pixels = random_pixels(4, 32)
@@ -256,16 +262,9 @@ def test_decoder_noise_augmentation_perturbs_only_what_the_decoder_trains_on():
 
 
 def test_decoder_can_train_on_the_posterior_mean_it_is_given_at_inference():
-    def decoder_input(model):
-        read = []
-        hook = model.decoder.register_forward_pre_hook(lambda module, args: read.append(args[2].detach()))
-        out = model(pixels, return_loss=True, generator=torch.Generator().manual_seed(0))
-        hook.remove()
-        return out, read[0]
-
     pixels = random_pixels(2, 32)
-    sampled, sampled_input = decoder_input(tiny_model().train())
-    mean, mean_input = decoder_input(tiny_model(decoder_training_latents="mean").train())
+    sampled, sampled_input = decoder_training_input(tiny_model().train(), pixels)
+    mean, mean_input = decoder_training_input(tiny_model(decoder_training_latents="mean").train(), pixels)
     assert torch.equal(sampled_input, grid_to_tokens(sampled.latents))
     assert torch.equal(mean_input, grid_to_tokens(mean.latent_mean))
     assert not torch.allclose(mean.latents, mean.latent_mean)  # the posterior sample still differs from its mean
