@@ -272,6 +272,18 @@ def test_decoder_can_train_on_the_posterior_mean_it_is_given_at_inference():
         tiny_model(decoder_training_latents="mode")
 
 
+def test_decoder_refinement_can_skip_sem_vit_without_changing_the_loss():
+    model, pixels = tiny_model().train(), random_pixels(2, 32)
+    calls = []
+    model.sem_vit.register_forward_hook(lambda module, args, output: calls.append(1))
+    full = model(pixels, return_loss=True, generator=torch.Generator().manual_seed(0))
+    skipped = model(pixels, return_loss=True, generator=torch.Generator().manual_seed(0), output_semantic_features=False)
+    assert len(calls) == 1 and skipped.semantic_features is None
+    assert torch.equal(skipped.loss, full.loss) and torch.equal(skipped.latents, full.latents)
+    with pytest.raises(ValueError, match="output_distillation_states needs Sem-ViT"):
+        model(pixels, output_distillation_states=True, output_semantic_features=False)
+
+
 def test_bfloat16_path_runs_at_tiny_size():
     model = tiny_model().to(torch.bfloat16)
     out = model(random_pixels(1, 32))

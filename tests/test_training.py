@@ -122,8 +122,11 @@ def test_decoder_stage_without_adversarial_weight_builds_no_discriminator(tmp_pa
     model.config.adversarial_weight = 0.0
     trainer = trainer_for(model)
     assert trainer.discriminator is None
+    sem_vit_calls = []
+    model.sem_vit.register_forward_hook(lambda module, args, output: sem_vit_calls.append(1))
     trainer.train()
     assert "loss_adversarial" not in trainer.state.log_history[0]
+    assert not sem_vit_calls  # the frozen encoder's semantic half has nothing to give the decoder's loss
 
 
 # ----------------------------------------------------------------------------------------------- losses and parts

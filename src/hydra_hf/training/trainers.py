@@ -130,7 +130,7 @@ class HydraTokTrainer(_HydraTrainerMixin, Trainer):
         elif self.stage.adversarial:
             logger.info("adversarial_weight is 0: this stage runs without the GAN term and its discriminator")
         self._fake_images = None
-        # Distillation (and the constant GSB terms) matter only while the encoder trains.
+        # Distillation, Sem-ViT's forward (and the constant GSB terms) matter only while the encoder trains.
         self.encoder_trains = any(not name.startswith("decoder.") for name in self.trainable_parameter_names)
 
     def create_optimizer(self, *args, **kwargs):
@@ -147,7 +147,10 @@ class HydraTokTrainer(_HydraTrainerMixin, Trainer):
         pixels = inputs["pixel_values"]
         config = self.model.config
         distill = self.encoder_trains and self.teacher is not None and config.distillation_weight > 0
-        outputs = model(pixel_values=pixels, return_loss=True, output_distillation_states=distill)
+        outputs = model(
+            pixel_values=pixels, return_loss=True, output_distillation_states=distill,
+            output_semantic_features=self.encoder_trains,
+        )
         loss = outputs.loss
         distillation = perceptual = adversarial = teacher_states = None
         if distill:

@@ -406,6 +406,7 @@ class HydraTokModel(HydraTokPreTrainedModel):
         output_distillation_states: bool = False,
         bypass_bottleneck: bool = False,
         return_loss: bool = False,
+        output_semantic_features: bool = True,
         return_dict: bool = True,
         **kwargs,
     ) -> HydraTokOutput | tuple:
@@ -418,8 +419,12 @@ class HydraTokModel(HydraTokPreTrainedModel):
             self-distillation teacher and the converters' equivalence checks use this.
         return_loss: also run the pixel decoder at a random time (logit-normal) and return the tokenizer loss.
             It lives in `forward` so that distributed wrappers see every trainable parameter used in one call.
+        output_semantic_features: `False` skips Sem-ViT (`semantic_features` is then `None`): no loss term needs it
+            once the encoder is frozen, so decoder refinement (stage 2) saves its cost.
         """
         pixel_values = self._check_pixel_values(pixel_values)
+        if output_distillation_states and not output_semantic_features:
+            raise ValueError("output_distillation_states needs Sem-ViT's states: keep output_semantic_features=True")
         grid = (pixel_values.shape[2] // self.config.patch_size, pixel_values.shape[3] // self.config.patch_size)
         has_cls = int(self.config.use_cls_token)
         gen_record, sem_record = self._split_distillation_layers() if output_distillation_states else (frozenset(),) * 2
@@ -442,7 +447,7 @@ class HydraTokModel(HydraTokPreTrainedModel):
         noise = randn_tensor(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         latent_tokens = mean + noise * torch.exp(0.5 * logvar)
         hidden_bottleneck = self.bottleneck.unproj(mean)
-        semantic, sem_states = self.sem_vit(hidden_bottleneck, sem_record)
+        semantic, sem_states = self.sem_vit(hidden_bottleneck, sem_record) if output_semantic_features else (None, [])
 
         kl_loss = (-0.5 * (1 + logvar - mean.pow(2) - logvar.exp()).sum(dim=-1)).mean()
         cosine_loss = (1 - F.cosine_similarity(patch_mid, hidden_bottleneck, dim=-1)).mean()
