@@ -17,7 +17,6 @@ __all__ = [
     "answer_questions",
     "evaluate_shapes",
     "generate_for_specs",
-    "generation_scores",
     "reconstruction_psnr",
 ]
 
@@ -112,7 +111,8 @@ def evaluate_shapes(
             result.vqa_by_type[kind] = vqa_accuracy([predictions[i] for i in chosen], [answers[i] for i in chosen])
     if "generation" in parts:
         specs = generation_prompts(num_scenes, seed=seed)
-        result.generation = generation_scores(pipe, specs, num_inference_steps, guidance_scale, batch_size, seed)
+        generated = generate_for_specs(pipe, specs, num_inference_steps, guidance_scale, batch_size, seed)
+        result.generation = score_generation(generated, specs)
     return result
 
 
@@ -132,16 +132,3 @@ def generate_for_specs(
         images += pipe([spec.prompt for spec in batch], num_inference_steps=num_inference_steps,
                        guidance_scale=guidance_scale, generator=generators).images
     return images
-
-
-def generation_scores(
-    pipe: HydraPipeline,
-    specs: list,
-    num_inference_steps: int = 30,
-    guidance_scale: float = 5.0,
-    batch_size: int = 50,
-    seed: int = EVAL_SEED,
-) -> dict[str, float]:
-    """GenEval-style scores of one seeded image per prompt spec."""
-    images = generate_for_specs(pipe, specs, num_inference_steps, guidance_scale, batch_size, seed)
-    return score_generation(images, specs)
