@@ -102,32 +102,14 @@ def test_any_multiple_of_the_patch_size_works_and_native_size_skips_interpolatio
     assert resized.shape == (1, 64, 32)
 
 
-@pytest.mark.parametrize("bottleneck_position_embedding", [False, True])
-def test_one_pass_gives_latent_and_semantics_consistent_with_the_separate_paths(bottleneck_position_embedding):
-    model = tiny_model(bottleneck_position_embedding=bottleneck_position_embedding)
+def test_one_pass_gives_latent_and_semantics_consistent_with_the_separate_paths():
+    model = tiny_model()
     pixels = random_pixels(2, 32)
     out = model(pixels)
     posterior = model.encode(pixels).latent_dist
     assert torch.allclose(posterior.mean, out.latent_mean) and torch.allclose(posterior.logvar, out.latent_logvar)
     # The generation path fed with the clean mean reproduces the understanding features.
     assert torch.allclose(model.semantic_features_from_latents(out.latent_mean), out.semantic_features, atol=1e-6)
-
-
-def test_bottleneck_position_embedding_tells_sem_vit_where_each_latent_token_lies():
-    """Without it Sem-ViT is permutation-equivariant over the latent tokens: it cannot tell where anything is."""
-    latents = torch.randn(1, 8, 4, 4)
-    swapped = latents.clone()
-    swapped[..., 0, 0], swapped[..., 3, 3] = latents[..., 3, 3], latents[..., 0, 0]
-    order = torch.arange(16)
-    order[0], order[15] = 15, 0
-    pixels = random_pixels(1, 32)
-    for restored in (False, True):
-        model = tiny_model(bottleneck_position_embedding=restored)
-        features, features_swapped = (model.semantic_features_from_latents(z) for z in (latents, swapped))
-        assert torch.allclose(features_swapped, features[:, order], atol=1e-5) is not restored
-        hidden = model(pixels).hidden_bottleneck  # the cosine term sees the same H_bn Sem-ViT reads
-        unprojected = model.bottleneck.unproj(grid_to_tokens(model.encode(pixels).latent_dist.mean))
-        assert torch.allclose(hidden, unprojected, atol=1e-6) is not restored
 
 
 def test_bypassing_the_bottleneck_runs_the_plain_vit():

@@ -181,7 +181,7 @@ class HydraModel(HydraPreTrainedModel):
         if self.config.llm_vision_input == "semantic":
             features = self.vision_model.semantic_features_from_latents(latents)
         else:
-            features = self.vision_model.bottleneck_features_from_latents(latents)
+            features = self.vision_model.bottleneck.unproj(grid_to_tokens(self.vision_model._check_latents(latents)))
         return self.projector(features)
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:

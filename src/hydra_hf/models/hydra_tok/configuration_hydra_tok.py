@@ -66,11 +66,6 @@ class HydraTokConfig(PreTrainedConfig):
         layerscale_init (`float` or `None`): initial LayerScale value (InternViT uses 0.1); `None` disables it.
         num_gen_layers, num_sem_layers (`int`): the split of the ViT depth (paper: 12 + 12).
         latent_channels (`int`): C, the bottleneck width (paper: 64; generation collapses for C >= 256).
-        bottleneck_position_embedding (`bool`): add the patch position embeddings again to the restored
-            bottleneck `H_bn = unproj(mu)` before Sem-ViT (and the cosine term). The C-channel latent need not carry
-            position (the pixel decoder has its own), so without them Sem-ViT reads an unordered set of tokens and
-            only the LLM's 1-D positions say where anything is. The paper is silent; `False` keeps its literal
-            `H_bn = unproj(mu)`.
         decoder_* : the pixel flow decoder (a small DiT over pixel patches, conditioned per token on `z`) and the
             default number of Euler steps it takes when decoding.
         decoder_prediction_type (`str`): what the decoder network outputs: `"sample"` (the clean patches; the
@@ -115,7 +110,6 @@ class HydraTokConfig(PreTrainedConfig):
     num_gen_layers: int = 12
     num_sem_layers: int = 12
     latent_channels: int = 64
-    bottleneck_position_embedding: bool = False
     decoder_hidden_size: int = 1024
     decoder_num_layers: int = 12
     decoder_num_attention_heads: int = 16

@@ -446,7 +446,7 @@ class HydraTokModel(HydraTokPreTrainedModel):
         mean, logvar = self.bottleneck(patch_mid)
         noise = randn_tensor(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         latent_tokens = mean + noise * torch.exp(0.5 * logvar)
-        hidden_bottleneck = self._restore_width(mean, grid)
+        hidden_bottleneck = self.bottleneck.unproj(mean)
         semantic, sem_states = self.sem_vit(hidden_bottleneck, sem_record) if output_semantic_features else (None, [])
 
         kl_loss = (-0.5 * (1 + logvar - mean.pow(2) - logvar.exp()).sum(dim=-1)).mean()
@@ -486,22 +486,11 @@ class HydraTokModel(HydraTokPreTrainedModel):
         posterior = DiagonalGaussianDistribution(torch.cat([tokens_to_grid(mean, grid), tokens_to_grid(logvar, grid)], dim=1))
         return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
 
-    def bottleneck_features_from_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """H_bn of (possibly noisy) latents `[B, C, h, w]` -> `[B, h*w, D]`: what Sem-ViT reads."""
-        latents = self._check_latents(latents)
-        return self._restore_width(grid_to_tokens(latents), (latents.shape[2], latents.shape[3]))
-
     def semantic_features_from_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """unproj + Sem-ViT on (possibly noisy) latents `[B, C, h, w]` -> `[B, h*w, D]`: the generation path."""
-        semantic, _ = self.sem_vit(self.bottleneck_features_from_latents(latents))
+        latents = self._check_latents(latents)
+        semantic, _ = self.sem_vit(self.bottleneck.unproj(grid_to_tokens(latents)))
         return semantic
-
-    def _restore_width(self, latent_tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """`[B, N, C]` latent tokens -> H_bn `[B, N, D]` (see `bottleneck_position_embedding`)."""
-        hidden = self.bottleneck.unproj(latent_tokens)
-        if self.config.bottleneck_position_embedding:
-            hidden = hidden + self.embeddings._patch_position_embedding(grid)
-        return hidden
 
     # ---------------------------------------------------------------------------------------------- decoder side
     def decoder_velocity(self, noisy_pixels: torch.Tensor, timesteps: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
