@@ -53,6 +53,7 @@ def main() -> None:
         training_details={
             "recipe": "examples/train_hydra_tiny_shapes.py (semantic ViT, word tokenizer, LLM, HYDRA-TOK 1-2, unified I-III)",
             "steps, batch, learning rate per stage": json.dumps(recipe["stages"]),
+            "unified stage II cycles": str(recipe.get("stage_ii_cycles", 1)),
             "training scenes": f"{recipe['scenes']} for the unified stages, the first {recipe.get('pretrain_scenes', recipe['scenes'])} "
             f"of them for the pretraining and tokenizer stages (seed {recipe['seed']})",
             "evaluation": f"{scores['num_scenes']} held-out scenes (seed {scores['seed']}), `hydra-hf eval shapes`, "
