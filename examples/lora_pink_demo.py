@@ -6,10 +6,11 @@ Base training never shows pink (the word is in the vocabulary, its embedding row
 that feature pink and fine-tunes a LoRA adapter on them with examples/finetune_lora.py (the HydraTrainer path). The
 LLM side is not enough on its own: HYDRA-TOK's encoder gives pink its own latents, but its pixel decoder never saw
 pink and turns them into red (measured on the first shipped decoder: 21.7 dB on 50 pink scenes, and the detector
-read none of them back right after a round trip). So the demo also refines the decoder (HYDRA-TOK stage 2, encoder frozen, so the latents the adapter
-learned stay valid) on pink scenes mixed with ordinary ones. It scores GenEval-style prompts that name pink, from a seed neither run trained on, with
-the base model, with the adapter, and with the adapter and the refined decoder, along with how often a pink object of
-any shape appears at all. Prints a table and writes `scores.json` in --work_dir.
+read none of them back right after a round trip). So the demo also refines the decoder (HYDRA-TOK stage 2, encoder
+frozen, so the latents the adapter learned stay valid) on pink scenes mixed with ordinary ones. It scores
+GenEval-style prompts that name pink, from a seed neither run trained on, with the base model, with the adapter, and
+with the adapter and the refined decoder, along with how often a pink object of any shape appears at all. Prints a
+table and writes `scores.json` in --work_dir.
 """
 
 import argparse
