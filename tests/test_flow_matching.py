@@ -22,6 +22,16 @@ def test_clean_estimate_inverts_interpolation_with_true_velocity():
     assert torch.allclose(estimate, clean, atol=1e-6)
 
 
+def test_velocity_from_clean_is_the_path_velocity_and_bounded_near_clean_data():
+    clean, noise = torch.randn(3, 4, 5), torch.randn(3, 4, 5)
+    t = torch.tensor([0.05, 0.4, 1.0])
+    noisy = flow_matching.interpolate(clean, noise, t)
+    assert torch.allclose(flow_matching.velocity_from_clean(noisy, clean, t), flow_matching.velocity_target(clean, noise), atol=1e-5)
+    # At t = 0 the division is clamped (as JiT does), so a wrong clean estimate gives a finite velocity.
+    at_zero = flow_matching.velocity_from_clean(clean, clean + 1.0, torch.zeros(3))
+    assert torch.allclose(at_zero, torch.full_like(clean, -1.0 / flow_matching.MIN_SAMPLE_PREDICTION_TIME))
+
+
 def test_euler_with_exact_velocity_recovers_clean_sample():
     clean, noise = torch.randn(2, 6), torch.randn(2, 6)
     sample = noise

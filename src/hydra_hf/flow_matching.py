@@ -16,8 +16,12 @@ __all__ = [
     "sample_timesteps",
     "shift_timesteps",
     "sampling_timesteps",
+    "velocity_from_clean",
     "velocity_target",
 ]
+
+# Below this time the clean-sample -> velocity conversion divides by a vanishing t; clamp as JiT does.
+MIN_SAMPLE_PREDICTION_TIME = 0.05
 
 
 def _broadcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -39,6 +43,15 @@ def velocity_target(clean: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
 def clean_estimate(noisy: torch.Tensor, velocity: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """One-step estimate of the clean sample; the perceptual and GAN losses look at it."""
     return noisy - _broadcast(t, noisy) * velocity
+
+
+def velocity_from_clean(noisy: torch.Tensor, clean: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The velocity ``(x_t - x) / t`` implied by a predicted clean sample (x-prediction, trained on the velocity).
+
+    A network narrower than its target (the pixel decoder, against a pixel patch) can still predict the clean
+    sample, which lies on a low-dimensional manifold; the noise part of the velocity then comes from ``x_t`` itself.
+    """
+    return (noisy - clean) / _broadcast(t, noisy).clamp(min=MIN_SAMPLE_PREDICTION_TIME)
 
 
 def euler_step(sample: torch.Tensor, velocity: torch.Tensor, t: float, t_next: float) -> torch.Tensor:

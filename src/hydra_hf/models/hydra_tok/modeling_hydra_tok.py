@@ -30,9 +30,6 @@ from .configuration_hydra_tok import HydraTokConfig
 
 __all__ = ["HydraTokModel", "HydraTokOutput", "HydraTokPreTrainedModel"]
 
-# Below this time the x-prediction -> velocity conversion divides by a vanishing t; clamp as JiT does.
-_MIN_SAMPLE_PREDICTION_TIME = 0.05
-
 
 @dataclass
 class HydraTokOutput(ModelOutput):
@@ -508,8 +505,7 @@ class HydraTokModel(HydraTokPreTrainedModel):
             return prediction
         # x-prediction: the network outputs the clean image, a low-dimensional target that a decoder narrower
         # than a pixel patch can represent (unlike the noise inside the velocity); the velocity follows from it.
-        t = timesteps.to(prediction.dtype).clamp(min=_MIN_SAMPLE_PREDICTION_TIME).view(-1, 1, 1, 1)
-        return (noisy_pixels - prediction) / t
+        return flow_matching.velocity_from_clean(noisy_pixels, prediction, timesteps)
 
     def _decoder_flow_loss(
         self, pixel_values: torch.Tensor, latents: torch.Tensor, generator: torch.Generator | None
