@@ -125,6 +125,33 @@ def test_the_scheduler_integrates_the_models_flow_with_its_shift():
     assert torch.allclose(latents, expected, atol=1e-5)
 
 
+def test_image_to_image_noises_the_images_latent_and_runs_the_schedules_tail():
+    """`image` + `strength` equals a hand-written SDEdit: the image's latent moved to the shifted time of step
+    N - round(strength N) along the flow, then the remaining Euler steps; strength 1 is text-to-image."""
+    pipe, shift, steps = tiny_pipeline(timestep_shift=2.0), 2.0, 4
+    image = PIL.Image.new("RGB", (32, 32), (0, 0, 255))
+    noise = torch.randn(1, 8, 4, 4, generator=torch.Generator().manual_seed(0))
+    seen = []
+    edited = pipe(PROMPT, image=image, strength=0.5, num_inference_steps=steps, guidance_scale=1.0, output_type="latent",
+                  generator=torch.Generator().manual_seed(0),
+                  callback_on_step_end=lambda p, i, t, tensors: seen.append(float(t)) or {}).images
+
+    times = flow_matching.sampling_timesteps(steps, shift)[2:]
+    assert torch.allclose(torch.tensor(seen) / 1000, times[:-1])
+    model, processor = pipe.model, pipe.processor
+    with torch.no_grad():
+        pixels = processor.image_processor([image], return_tensors="pt")["pixel_values"]
+        clean = model.vision_model.normalize_latents(model.model.image_latents(pixels))
+        expected = flow_matching.interpolate(clean, noise, times[:1])
+        prompt = processor(text=processor.build_generation_prompt([PROMPT]))
+        cache = model.prepare_prompt_cache(prompt["input_ids"], prompt["attention_mask"])
+        for t, t_next in zip(times[:-1].tolist(), times[1:].tolist()):
+            expected = flow_matching.euler_step(expected, model.flow_velocity(expected, t, prompt_cache=cache), t, t_next)
+    assert torch.allclose(edited, expected, atol=1e-5)
+    full = run(pipe, image=image, strength=1.0, num_inference_steps=steps, output_type="latent")
+    assert torch.allclose(full, run(pipe, num_inference_steps=steps, output_type="latent"), atol=1e-6)
+
+
 def test_guidance_runs_one_doubled_batch_per_step_and_one_skips_the_unconditional_pass(pipe, monkeypatch):
     batches = count_velocity_calls(pipe, monkeypatch)
     guided = run(pipe, [PROMPT, "a blue circle"], guidance_scale=5.0, output_type="latent")
@@ -269,6 +296,11 @@ def test_model_cpu_offload_matches_the_model_on_the_accelerator(pipe):
         (dict(output_type="jpeg"), r"one of \('pil', 'np', 'pt', 'latent'\)"),
         (dict(callback_on_step_end_tensor_inputs=["noise"]), r"among \['latents'\], got \['noise'\]"),
         (dict(prompt=[]), r"`prompt` must be a string or a non-empty list of strings"),
+        (dict(strength=0.5), r"`strength` must be in \(0, 1\] .*got 0\.5 with no `image`"),
+        (dict(image=[PIL.Image.new("RGB", (32, 32))] * 2, strength=0.0), r"`strength` must be in \(0, 1\]"),
+        (dict(image=[PIL.Image.new("RGB", (32, 32))] * 2, strength=0.1), r"round to at least one step, got 0\.1 \* 3"),
+        (dict(image=PIL.Image.new("RGB", (32, 32))), r"a list of 2 PIL image\(s\), one per prompt"),
+        (dict(image=[PIL.Image.new("RGB", (32, 32))] * 2, latents=torch.zeros(2, 8, 4, 4)), r"`image` .* or `latents`, not both"),
     ],
 )
 def test_bad_inputs_say_what_was_expected(pipe, kwargs, message):

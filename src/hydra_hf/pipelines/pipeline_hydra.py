@@ -5,6 +5,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import PIL.Image
 import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
@@ -25,7 +26,8 @@ _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "revision", "t
 
 class HydraPipeline(DiffusionPipeline):
     r"""
-    Text-to-image with HYDRA: `HydraPipeline.from_pretrained(path)(prompt).images[0]`.
+    Text-to-image with HYDRA: `HydraPipeline.from_pretrained(path)(prompt).images[0]`; with `image` and `strength`,
+    image-to-image (SDEdit): the image's latent is noised to the flow time `strength` and denoised from there.
 
     The prompt runs through the LLM once; its KV cache is then reused at every step, where only the image tokens
     (`noisy latent -> Sem-ViT -> projector + time embedding`) pass through the LLM and the flow head predicts the
@@ -114,6 +116,8 @@ class HydraPipeline(DiffusionPipeline):
         output_type: str,
         callback_on_step_end_tensor_inputs: list[str] | None,
         decoder_num_inference_steps: int | None,
+        image=None,
+        strength: float = 1.0,
     ) -> None:
         """Every bad argument is a `ValueError` that says what was expected, before any model work is done."""
         if isinstance(prompt, str):
@@ -161,6 +165,24 @@ class HydraPipeline(DiffusionPipeline):
             raise ValueError(
                 f"`latents` must have shape {list(expected)} ({batch_size} prompt(s) x num_images_per_prompt, "
                 f"latent_channels, height / {patch}, width / {patch}); got {list(latents.shape)}"
+            )
+        if image is not None:
+            images = [image] if isinstance(image, PIL.Image.Image) else image
+            if not isinstance(images, list) or len(images) != batch_size or not all(
+                isinstance(i, PIL.Image.Image) for i in images
+            ):
+                raise ValueError(f"`image` must be a PIL image or a list of {batch_size} PIL image(s), one per prompt")
+            if latents is not None:
+                raise ValueError("pass `image` (to start from its noised latent) or `latents`, not both")
+        if not 0.0 < strength <= 1.0 or (image is None and strength != 1.0):
+            raise ValueError(
+                f"`strength` must be in (0, 1] and is the flow time an `image` is noised to (1 = pure noise, the "
+                f"default for text-to-image); got {strength} with {'an' if image is not None else 'no'} `image`"
+            )
+        if round(num_inference_steps * strength) < 1:
+            raise ValueError(
+                f"`strength` * `num_inference_steps` must round to at least one step, got {strength} * "
+                f"{num_inference_steps}"
             )
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}")
@@ -213,6 +235,20 @@ class HydraPipeline(DiffusionPipeline):
         shape = (batch_size, num_channels_latents, height // self.patch_size, width // self.patch_size)
         return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
 
+    def noised_image_latents(
+        self, image: PIL.Image.Image | list[PIL.Image.Image], num_images_per_prompt: int, height: int, width: int,
+        noise: torch.Tensor,
+    ) -> torch.Tensor:
+        """The images' normalised GSB means moved along the flow to the first sigma of the scheduler's schedule."""
+        images = [image] if isinstance(image, PIL.Image.Image) else image
+        pixels = self.processor.image_processor(
+            [i.convert("RGB") for i in images], size={"height": height, "width": width}, return_tensors="pt"
+        )["pixel_values"]
+        vision = self.model.vision_model
+        clean = vision.normalize_latents(self.model.model.image_latents(pixels.to(noise.device, noise.dtype)))
+        clean = clean.repeat_interleave(num_images_per_prompt, dim=0)
+        return flow_matching.interpolate(clean, noise, self.scheduler.sigmas[:1].expand(len(noise)))
+
     def _postprocess(self, sample: torch.Tensor, output_type: str):
         """`pil` through the processor; `np` (`[B, H, W, 3]`) and `pt` (`[B, 3, H, W]`) as floats in [0, 1], the
         diffusers convention."""
@@ -240,6 +276,8 @@ class HydraPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         decoder_num_inference_steps: int | None = None,
         use_prompt_cache: bool = True,
+        image: PIL.Image.Image | list[PIL.Image.Image] | None = None,
+        strength: float = 1.0,
     ) -> ImagePipelineOutput | tuple:
         r"""
         Args:
@@ -264,6 +302,10 @@ class HydraPipeline(DiffusionPipeline):
             decoder_num_inference_steps (`int`, *optional*): pixel decoder steps; default its config's.
             use_prompt_cache (`bool`): reuse the prompt's KV cache at every step; `False` re-runs the prompt each step
                 (same images, slower; kept for benchmarks and debugging).
+            image (`PIL.Image.Image` or a list, one per prompt, *optional*): image-to-image: start from this image's
+                latent noised to time `strength` instead of from pure noise.
+            strength (`float`): with `image`, the flow time in (0, 1] it is noised to; the last
+                `round(strength * num_inference_steps)` steps of the schedule run (diffusers' img2img meaning).
 
         Returns:
             [`ImagePipelineOutput`] with `images`, or `(images,)` when `return_dict=False`.
@@ -288,6 +330,8 @@ class HydraPipeline(DiffusionPipeline):
             output_type,
             callback_on_step_end_tensor_inputs,
             decoder_num_inference_steps,
+            image,
+            strength,
         )
         self._guidance_scale = guidance_scale
         self._interrupt = False
@@ -300,8 +344,10 @@ class HydraPipeline(DiffusionPipeline):
         )
         prompt_cache = self.model.prepare_prompt_cache(input_ids, attention_mask) if use_prompt_cache else None
 
-        # 3. Timesteps: the model's schedule, times 1 ... 1/N before the shift, which the scheduler applies
+        # 3. Timesteps: the model's schedule, times 1 ... 1/N before the shift, which the scheduler applies; an image
+        # to edit starts at the schedule's last `strength` share
         sigmas = flow_matching.sampling_timesteps(num_inference_steps)[:-1]
+        sigmas = sigmas[num_inference_steps - round(num_inference_steps * strength) :]
         self.scheduler.set_timesteps(sigmas=sigmas.tolist(), device=device)
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
@@ -317,9 +363,11 @@ class HydraPipeline(DiffusionPipeline):
             generator,
             latents,
         )
+        if image is not None:
+            latents = self.noised_image_latents(image, num_images_per_prompt, height, width, latents)
 
         # 5. Denoising loop: t = 1 (noise) -> 0 (clean)
-        with self.progress_bar(total=num_inference_steps) as progress_bar:
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     break
