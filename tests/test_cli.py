@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from PIL import Image
 
 from hydra_hf import cli
@@ -71,6 +72,24 @@ def test_evaluation_is_deterministic(model_dir):
     first = evaluate_shapes(pipe, num_scenes=3, batch_size=3, num_inference_steps=2, parts=("reconstruction", "vqa"))
     again = evaluate_shapes(pipe, num_scenes=3, batch_size=3, num_inference_steps=2, parts=("reconstruction", "vqa"))
     assert first.to_dict() == again.to_dict() and first.generation == {}
+
+
+def test_editing_scores_edits_of_each_prompts_own_reference_scene(model_dir, monkeypatch):
+    """An edit that returns its input scores 1 (the references match the prompts), one that blanks it 0; the
+    strengths reach the pipeline and key the scores."""
+    pipe = HydraPipeline.from_pretrained(model_dir)
+    seen = []
+
+    def edit(prompts, image, strength, keep, **kwargs):
+        seen.append(strength)
+        return ImagePipelineOutput(images=list(image) if keep else [Image.new("RGB", (64, 64), "white")] * len(image))
+
+    monkeypatch.setattr(HydraPipeline, "__call__", lambda self, prompts, **kw: edit(prompts, keep=True, **kw))
+    kept = evaluate_shapes(pipe, num_scenes=6, batch_size=4, parts=("editing",), edit_strengths=(0.3, 0.6))
+    assert kept.editing == {"0.3": 1.0, "0.6": 1.0} and seen == [0.3, 0.3, 0.6, 0.6]
+    assert "| 0.6 | 1.0000 |" in kept.to_markdown()
+    monkeypatch.setattr(HydraPipeline, "__call__", lambda self, prompts, **kw: edit(prompts, keep=False, **kw))
+    assert evaluate_shapes(pipe, num_scenes=6, parts=("editing",), edit_strengths=(0.5,)).editing == {"0.5": 0.0}
 
 
 def test_demo_writes_each_image_a_grid_and_answers(model_dir, tmp_path, capsys):

@@ -104,7 +104,8 @@ def evaluate(args) -> None:
 
     pipe = load_pipeline(args.model, quiet=True)
     result = evaluate_shapes(pipe, num_scenes=args.num_scenes, seed=args.seed, num_inference_steps=args.steps,
-                             guidance_scale=args.guidance, batch_size=args.batch_size, parts=tuple(args.parts))
+                             guidance_scale=args.guidance, batch_size=args.batch_size, parts=tuple(args.parts),
+                             edit_strengths=tuple(args.edit_strengths))
     print(result.to_markdown())
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -152,7 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--seed", type=int, default=EVAL_SEED, help="scene seed (training uses 0)")
     shapes.add_argument("--batch-size", type=int, default=50)
     shapes.add_argument("--parts", nargs="+", default=["reconstruction", "generation", "vqa"],
-                        choices=["reconstruction", "generation", "vqa"])
+                        choices=["reconstruction", "generation", "vqa", "editing"],
+                        help="what to score (default: all but editing, a diagnostic: see --edit-strengths)")
+    shapes.add_argument("--edit-strengths", nargs="+", type=float, default=[0.3, 0.5, 0.7],
+                        help="for --parts editing: flow times the generation prompts' reference scenes are noised to "
+                             "before the model denoises them; scores that fall by s = 0.5 mean it loses shapes, not layout")
     shapes.add_argument("--json", help="also write the scores as JSON here")
     shapes.set_defaults(func=evaluate)
     return parser

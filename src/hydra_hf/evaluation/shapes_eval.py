@@ -1,5 +1,6 @@
 """Scoring a HYDRA model on held-out shapes-world scenes: tokenizer reconstruction PSNR, GenEval-style generation
-scores and VQA accuracy. `hydra-hf eval shapes` prints what `evaluate_shapes` returns."""
+scores, VQA accuracy and, as a diagnostic, the generation scores of edits (reference scenes noised to a flow time and
+denoised). `hydra-hf eval shapes` prints what `evaluate_shapes` returns."""
 
 from dataclasses import asdict, dataclass, field
 
@@ -7,7 +8,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.shapes import generation_prompts, make_shapes_dataset
+from ..data.shapes import generation_scenes, make_shapes_dataset, prompt_spec_for, render_scene
 from ..pipelines import HydraPipeline
 from .shapes import format_scores_table, psnr, score_generation, vqa_accuracy
 
@@ -33,6 +34,7 @@ class ShapesEvaluation:
     generation: dict[str, float] = field(default_factory=dict)
     vqa_accuracy: float | None = None
     vqa_by_type: dict[str, float] = field(default_factory=dict)
+    editing: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,6 +49,10 @@ class ShapesEvaluation:
             lines += [f"| VQA accuracy: {kind} | {value:.3f} |" for kind, value in self.vqa_by_type.items()]
         if self.generation:
             lines += ["", "GenEval-style generation scores:", "", format_scores_table(self.generation)]
+        if self.editing:
+            lines += ["", "GenEval-style overall of edits (each prompt's reference scene noised to time s, then denoised):",
+                      "", "| s | overall |", "|---:|---:|"]
+            lines += [f"| {strength} | {overall:.4f} |" for strength, overall in self.editing.items()]
         return "\n".join(lines)
 
 
@@ -93,8 +99,14 @@ def evaluate_shapes(
     guidance_scale: float = 5.0,
     batch_size: int = 50,
     parts: tuple[str, ...] = ("reconstruction", "generation", "vqa"),
+    edit_strengths: tuple[float, ...] = (0.3, 0.5, 0.7),
 ) -> ShapesEvaluation:
-    """Scores on `num_scenes` scenes (and as many generation prompts) from a seed the training never used."""
+    """Scores on `num_scenes` scenes (and as many generation prompts) from a seed the training never used.
+
+    The `"editing"` part re-generates each generation prompt's reference scene from its latent noised to each of
+    `edit_strengths`: the time at which the scores fall says where along the flow the model loses the scene (late
+    times: the shapes' details; early ones: the layout), which the end-to-end scores cannot.
+    """
     settings = {"steps": num_inference_steps, "guidance": guidance_scale}
     result = ShapesEvaluation(num_scenes=num_scenes, seed=seed, settings=settings)
     if "reconstruction" in parts or "vqa" in parts:
@@ -109,10 +121,17 @@ def evaluate_shapes(
         for kind in sorted(set(kinds)):
             chosen = [i for i, k in enumerate(kinds) if k == kind]
             result.vqa_by_type[kind] = vqa_accuracy([predictions[i] for i in chosen], [answers[i] for i in chosen])
+    if "generation" in parts or "editing" in parts:
+        reference_scenes = generation_scenes(num_scenes, seed=seed)
+        specs = [prompt_spec_for(scene) for scene in reference_scenes]
     if "generation" in parts:
-        specs = generation_prompts(num_scenes, seed=seed)
         generated = generate_for_specs(pipe, specs, num_inference_steps, guidance_scale, batch_size, seed)
         result.generation = score_generation(generated, specs)
+    if "editing" in parts:
+        references = [render_scene(scene) for scene in reference_scenes]
+        for strength in edit_strengths:
+            edited = generate_for_specs(pipe, specs, num_inference_steps, guidance_scale, batch_size, seed, references, strength)
+            result.editing[str(strength)] = score_generation(edited, specs)["overall"]
     return result
 
 
@@ -123,12 +142,16 @@ def generate_for_specs(
     guidance_scale: float = 5.0,
     batch_size: int = 50,
     seed: int = EVAL_SEED,
+    references: list | None = None,
+    strength: float = 1.0,
 ) -> list:
-    """One seeded image per prompt spec (image i uses seed `seed + i`, whatever the batch size)."""
+    """One seeded image per prompt spec (image i uses seed `seed + i`, whatever the batch size); with `references`
+    (one image per spec), edits of them at `strength` instead."""
     images = []
     for start in tqdm(range(0, len(specs), batch_size), desc="generation", leave=False):
         batch = specs[start : start + batch_size]
         generators = [torch.Generator(pipe.device).manual_seed(seed + start + i) for i in range(len(batch))]
+        edit = {} if references is None else {"image": references[start : start + batch_size], "strength": strength}
         images += pipe([spec.prompt for spec in batch], num_inference_steps=num_inference_steps,
-                       guidance_scale=guidance_scale, generator=generators).images
+                       guidance_scale=guidance_scale, generator=generators, **edit).images
     return images
