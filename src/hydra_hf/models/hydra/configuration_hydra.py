@@ -83,9 +83,6 @@ class HydraConfig(PreTrainedConfig):
         time_embedding_dim (`int`): sinusoidal features of t before the time-embedding MLP (to LLM width).
         flow_head_hidden_size, flow_head_num_layers (`int`): the flow head, residual MLP blocks with adaLN driven by
             the time embedding, ending in a projection to `vision_config.latent_channels`.
-        flow_prediction_type (`str`): what the flow head outputs: `"velocity"` (`eps - z` directly, the paper's
-            form) or `"sample"` (the clean latent z; the velocity `(z_t - z) / t` follows). Either way the loss is
-            the velocity MSE of Eq. 7 and sampling sees a velocity.
         cfg_dropout_prob (`float`): probability that a generation example's prompt is replaced by the empty
             prompt in training, so classifier-free guidance has an unconditional model to contrast with.
         timestep_logit_mean, timestep_logit_std, timestep_uniform_fraction (`float`): training times are
@@ -113,7 +110,6 @@ class HydraConfig(PreTrainedConfig):
     time_embedding_dim: int = 256
     flow_head_hidden_size: int | None = None
     flow_head_num_layers: int = 2
-    flow_prediction_type: str = "velocity"
     cfg_dropout_prob: float = 0.1
     timestep_logit_mean: float = 0.0
     timestep_logit_std: float = 1.0
@@ -134,8 +130,6 @@ class HydraConfig(PreTrainedConfig):
         super().validate_architecture()
         if self.llm_vision_input not in ("semantic", "bottleneck"):
             raise ValueError(f"llm_vision_input must be 'semantic' or 'bottleneck', got {self.llm_vision_input!r}")
-        if self.flow_prediction_type not in ("velocity", "sample"):
-            raise ValueError(f"flow_prediction_type must be 'velocity' or 'sample', got {self.flow_prediction_type!r}")
         vocab = self.text_config.vocab_size
         for name in ("image_token_id", "boi_token_id", "eoi_token_id"):
             if not 0 <= getattr(self, name) < vocab:

@@ -39,14 +39,11 @@ class HydraModelOutputWithPast(BaseModelOutputWithPast):
     r"""
     generation_token_mask (`[B, L]` bool): positions of the image tokens of the images being generated.
     flow_time_embeds (`[I_gen, D]`): their time embeddings (the flow head's adaLN condition).
-    flow_timesteps (`[I_gen]`), flow_noisy_latents (`[I_gen, N, C]`): their times and normalised noisy latents.
     flow_target (`[I_gen, N, C]`): the velocity `eps - z` the flow head should predict there.
     """
 
     generation_token_mask: torch.Tensor | None = None
     flow_time_embeds: torch.Tensor | None = None
-    flow_timesteps: torch.Tensor | None = None
-    flow_noisy_latents: torch.Tensor | None = None
     flow_target: torch.Tensor | None = None
 
 
@@ -220,7 +217,7 @@ class HydraModel(HydraPreTrainedModel):
             raise ValueError(f"image_generation_mask must have shape [{num_images}] (one flag per image), got {tuple(image_generation_mask.shape)}")
         num_generated = int(image_generation_mask.sum())
         if num_generated == 0:
-            return self.visual_tokens(image_latents), {}
+            return self.visual_tokens(image_latents), None, None
 
         vision = self.vision_model
         clean = vision.normalize_latents(image_latents[image_generation_mask].detach())
@@ -247,13 +244,8 @@ class HydraModel(HydraPreTrainedModel):
         time_per_image = time_embeds.new_zeros(num_images, time_embeds.shape[-1])
         time_per_image[image_generation_mask] = time_embeds
         tokens = self.visual_tokens(latents) + time_per_image[:, None]
-        flow = {
-            "flow_time_embeds": time_embeds,
-            "flow_timesteps": timesteps,
-            "flow_noisy_latents": grid_to_tokens(noisy),
-            "flow_target": grid_to_tokens(flow_matching.velocity_target(clean, noise.to(clean.dtype))),
-        }
-        return tokens, flow
+        flow_target = grid_to_tokens(flow_matching.velocity_target(clean, noise.to(clean.dtype)))
+        return tokens, time_embeds, flow_target
 
     def block_causal_mask(
         self,
@@ -306,15 +298,17 @@ class HydraModel(HydraPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
         has_images = pixel_values is not None or image_latents is not None
-        flow, generation_token_mask = {}, None
+        time_embeds = flow_target = generation_token_mask = None
 
         if has_images:
             if input_ids is None:
                 raise ValueError("input_ids are needed to place images (their image tokens mark where)")
-            visual, flow = self._prepare_images(pixel_values, image_latents, image_generation_mask, timesteps, noise)
+            visual, time_embeds, flow_target = self._prepare_images(
+                pixel_values, image_latents, image_generation_mask, timesteps, noise
+            )
             image_token_mask = self.get_placeholder_mask(input_ids, visual.shape[0], visual.shape[1])
             inputs_embeds = inputs_embeds.masked_scatter(image_token_mask[..., None], visual.to(inputs_embeds.dtype))
-            if flow:
+            if time_embeds is not None:
                 per_image = image_generation_mask[:, None].expand(-1, visual.shape[1]).reshape(-1)
                 generation_token_mask = torch.zeros_like(image_token_mask)
                 generation_token_mask[image_token_mask] = per_image.to(generation_token_mask.device)
@@ -344,7 +338,8 @@ class HydraModel(HydraPreTrainedModel):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             generation_token_mask=generation_token_mask,
-            **flow,
+            flow_time_embeds=time_embeds,
+            flow_target=flow_target,
         )
 
 
@@ -423,9 +418,7 @@ class HydraForConditionalGeneration(HydraPreTrainedModel, GenerationMixin):
                 loss_ntp = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs)
         if outputs.flow_target is not None:
             generated = hidden_states[outputs.generation_token_mask].view(*outputs.flow_target.shape[:2], -1)
-            flow_prediction = self.flow_head_velocity(
-                generated, outputs.flow_time_embeds, outputs.flow_noisy_latents, outputs.flow_timesteps
-            )
+            flow_prediction = self.flow_head(generated, outputs.flow_time_embeds)
             loss_flow = F.mse_loss(flow_prediction.float(), outputs.flow_target.float())
 
         parts = [(self.config.ntp_weight, loss_ntp), (self.config.flow_weight, loss_flow)]
@@ -440,15 +433,6 @@ class HydraForConditionalGeneration(HydraPreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
             flow_prediction=flow_prediction,
         )
-
-    def flow_head_velocity(
-        self, hidden_states: torch.Tensor, time_embeds: torch.Tensor, noisy_latents: torch.Tensor, timesteps: torch.Tensor
-    ) -> torch.Tensor:
-        """Velocity `[I, N, C]` at image tokens: the flow head's output, or the one its clean-latent estimate implies."""
-        prediction = self.flow_head(hidden_states, time_embeds)
-        if self.config.flow_prediction_type == "velocity":
-            return prediction
-        return flow_matching.velocity_from_clean(noisy_latents.to(prediction.dtype), prediction, timesteps)
 
     # ------------------------------------------------------------------------------------- text-to-image sampling
     # Sampling does not go through `forward`; `apply_forward_hook` lets accelerate's offload hooks move the model.
@@ -512,5 +496,5 @@ class HydraForConditionalGeneration(HydraPreTrainedModel, GenerationMixin):
         ).last_hidden_state[:, -num_tokens:]
         if cache is not None:
             cache.crop(-(cache.get_seq_length() - prompt_length))
-        velocity = self.flow_head_velocity(hidden, time_embeds, grid_to_tokens(latents), timesteps)
+        velocity = self.flow_head(hidden, time_embeds)
         return tokens_to_grid(velocity, (height, width))
