@@ -294,20 +294,6 @@ def test_bottleneck_input_switch_skips_sem_vit():
         assert torch.equal(model(**inputs).logits, base)
 
 
-def test_sem_vit_positions_make_the_visual_tokens_depend_on_token_order():
-    """Without positions Sem-ViT reads a set: permuting the latent's tokens permutes the visual tokens. With
-    `sem_vit_position_scale` it no longer does, and the default keeps the paper's form."""
-    latents = torch.randn(2, 8, 4, 4, generator=torch.Generator().manual_seed(0))
-    order = torch.randperm(N, generator=torch.Generator().manual_seed(1))
-    permuted = latents.flatten(2)[:, :, order].view_as(latents)
-    for scale, equivariant in ((0.0, True), (0.3, False)):
-        model = tiny_hydra(sem_vit_position_scale=scale)
-        with torch.no_grad():
-            tokens, tokens_of_permuted = model.model.visual_tokens(latents), model.model.visual_tokens(permuted)
-        assert torch.allclose(tokens[:, order], tokens_of_permuted, atol=1e-5) == equivariant
-    assert HydraConfig().sem_vit_position_scale == 0.0
-
-
 # ---------------------------------------------------------------------------------------------------------- errors
 def test_placeholder_count_mismatch_is_a_clear_error():
     model, processor = tiny_hydra(), tiny_processor()

@@ -79,9 +79,6 @@ class HydraConfig(PreTrainedConfig):
         image_token_id, boi_token_id, eoi_token_id (`int`): the image placeholder and the begin/end-of-image tokens.
         llm_vision_input (`str`): what the projector reads: `"semantic"` (Sem-ViT output; default, as Hydra-X
             describes HYDRA) or `"bottleneck"` (H_bn = unproj(z), skipping Sem-ViT).
-        sem_vit_position_scale (`float`): scale of fixed 2-D sin-cos positions added to `H_bn = unproj(z)` before
-            Sem-ViT, for both understanding and generation. 0 (default, the paper's form) adds none: the GSB latent
-            carries no position, so Sem-ViT then reads an unordered set and only the LLM's RoPE orders the tokens.
         projector_hidden_act (`str`): activation of the two-layer projector MLP (vision width -> LLM width).
         time_embedding_dim (`int`): sinusoidal features of t before the time-embedding MLP (to LLM width).
         flow_head_hidden_size, flow_head_num_layers (`int`): the flow head, residual MLP blocks with adaLN driven by
@@ -109,7 +106,6 @@ class HydraConfig(PreTrainedConfig):
     boi_token_id: int = 151666
     eoi_token_id: int = 151667
     llm_vision_input: str = "semantic"
-    sem_vit_position_scale: float = 0.0
     projector_hidden_act: str = "gelu"
     time_embedding_dim: int = 256
     flow_head_hidden_size: int | None = None

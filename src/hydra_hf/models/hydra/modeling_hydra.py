@@ -21,13 +21,7 @@ from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from ... import flow_matching
-from ..hydra_tok.modeling_hydra_tok import (
-    HydraTokModel,
-    ZeroInitLinear,
-    grid_sincos_positions,
-    grid_to_tokens,
-    tokens_to_grid,
-)
+from ..hydra_tok.modeling_hydra_tok import HydraTokModel, ZeroInitLinear, grid_to_tokens, tokens_to_grid
 from .configuration_hydra import HydraConfig
 
 __all__ = [
@@ -185,11 +179,7 @@ class HydraModel(HydraPreTrainedModel):
     def visual_tokens(self, latents: torch.Tensor) -> torch.Tensor:
         """Raw (possibly noisy) latents `[I, C, h, w]` -> LLM-width tokens `[I, h*w, D]` (without time embedding)."""
         if self.config.llm_vision_input == "semantic":
-            positions = None
-            if self.config.sem_vit_position_scale:
-                width = self.config.vision_config.hidden_size
-                positions = self.config.sem_vit_position_scale * grid_sincos_positions(width, latents.shape[-2:], latents.device)
-            features = self.vision_model.semantic_features_from_latents(latents, positions)
+            features = self.vision_model.semantic_features_from_latents(latents)
         else:
             features = self.vision_model.bottleneck.unproj(grid_to_tokens(self.vision_model._check_latents(latents)))
         return self.projector(features)

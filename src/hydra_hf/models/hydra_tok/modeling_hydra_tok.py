@@ -111,16 +111,6 @@ def grid_to_tokens(latents: torch.Tensor) -> torch.Tensor:
     return latents.flatten(2).transpose(1, 2)
 
 
-def grid_sincos_positions(width: int, grid: tuple[int, int], device: torch.device | str | None = None) -> torch.Tensor:
-    """Fixed 2-D sin-cos positions `[h*w, width]` of a token grid in reading order (values in [-1, 1])."""
-    rows, cols = torch.meshgrid(
-        torch.arange(grid[0], device=device, dtype=torch.float32),
-        torch.arange(grid[1], device=device, dtype=torch.float32),
-        indexing="ij",
-    )
-    return get_2d_sincos_pos_embed_from_grid(width, torch.stack([rows.flatten(), cols.flatten()]))
-
-
 class HydraTokAttention(nn.Module):
     """Bidirectional multi-head self-attention dispatched through transformers' attention interface."""
 
@@ -304,7 +294,13 @@ class HydraTokPixelDecoder(nn.Module):
     def forward(
         self, noisy_patches: torch.Tensor, timesteps: torch.Tensor, latent_tokens: torch.Tensor, grid: tuple[int, int]
     ) -> torch.Tensor:
-        positions = grid_sincos_positions(self.patch_embed.out_features, grid, noisy_patches.device)
+        width = self.patch_embed.out_features
+        rows, cols = torch.meshgrid(
+            torch.arange(grid[0], device=noisy_patches.device, dtype=torch.float32),
+            torch.arange(grid[1], device=noisy_patches.device, dtype=torch.float32),
+            indexing="ij",
+        )
+        positions = get_2d_sincos_pos_embed_from_grid(width, torch.stack([rows.flatten(), cols.flatten()]))
         hidden_states = self.patch_embed(noisy_patches) + positions.to(noisy_patches.dtype)
         # The time embedding sees t in [0, 1000] like diffusers' DiTs.
         time_emb = self.time_embed(self.time_proj(timesteps * 1000).to(noisy_patches.dtype))
@@ -487,16 +483,10 @@ class HydraTokModel(HydraTokPreTrainedModel):
         posterior = DiagonalGaussianDistribution(torch.cat([tokens_to_grid(mean, grid), tokens_to_grid(logvar, grid)], dim=1))
         return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
 
-    def semantic_features_from_latents(
-        self, latents: torch.Tensor, position_embeddings: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """unproj + Sem-ViT on (possibly noisy) latents `[B, C, h, w]` -> `[B, h*w, D]`: the generation path.
-        `position_embeddings` (`[h*w, D]`) are added to `H_bn` first."""
+    def semantic_features_from_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """unproj + Sem-ViT on (possibly noisy) latents `[B, C, h, w]` -> `[B, h*w, D]`: the generation path."""
         latents = self._check_latents(latents)
-        hidden_states = self.bottleneck.unproj(grid_to_tokens(latents))
-        if position_embeddings is not None:
-            hidden_states = hidden_states + position_embeddings.to(hidden_states.dtype)
-        semantic, _ = self.sem_vit(hidden_states)
+        semantic, _ = self.sem_vit(self.bottleneck.unproj(grid_to_tokens(latents)))
         return semantic
 
     # ---------------------------------------------------------------------------------------------- decoder side
