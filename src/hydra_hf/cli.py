@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what to score (default: all but editing, a diagnostic: see --edit-strengths)")
     shapes.add_argument("--edit-strengths", nargs="+", type=float, default=[0.3, 0.5, 0.7],
                         help="for --parts editing: flow times the generation prompts' reference scenes are noised to "
-                             "before the model denoises them; scores that fall by s = 0.5 mean it loses shapes, not layout")
+                             "before the model denoises them (low scores already at small times: it loses the shapes' "
+                             "details; only at large ones: the layout)")
     shapes.add_argument("--json", help="also write the scores as JSON here")
     shapes.set_defaults(func=evaluate)
     return parser

@@ -304,8 +304,9 @@ class HydraPipeline(DiffusionPipeline):
                 (same images, slower; kept for benchmarks and debugging).
             image (`PIL.Image.Image` or a list, one per prompt, *optional*): image-to-image: start from this image's
                 latent noised to time `strength` instead of from pure noise.
-            strength (`float`): with `image`, the flow time in (0, 1] it is noised to; the last
-                `round(strength * num_inference_steps)` steps of the schedule run (diffusers' img2img meaning).
+            strength (`float`): with `image`, in (0, 1]: the last `round(strength * num_inference_steps)` steps of
+                the schedule run, from the image's latent noised to the schedule's time there (`strength` itself
+                with no shift and a whole number of steps), as diffusers' img2img pipelines do.
 
         Returns:
             [`ImagePipelineOutput`] with `images`, or `(images,)` when `return_dict=False`.
