@@ -245,6 +245,31 @@ def test_gradients_reach_flow_head_projector_time_embedding_and_llm():
         assert grad is not None and grad.abs().sum() > 0, name
 
 
+def test_repa_aligns_a_middle_llm_layer_to_the_clean_images_sem_vit_features():
+    model, processor = tiny_hydra(repa_weight=0.5, repa_layer=1).train(), tiny_processor()
+    inputs, labels, flags = mixed_batch(processor)
+    flow = dict(image_generation_mask=flags, timesteps=torch.tensor([0.5]), noise=torch.randn(1, 8, 4, 4))
+    out = model(**inputs, labels=labels, **flow)
+    with torch.no_grad():
+        clean = model.model.image_latents(inputs["pixel_values"][1:])
+        target = model.vision_model.semantic_features_from_latents(clean)
+        hidden = model.model(**inputs, **flow, output_hidden_states=True).hidden_states[1]
+        aligned = model.repa_head(hidden[1][inputs["input_ids"][1] == processor.image_token_id])
+    expected = 1 - torch.nn.functional.cosine_similarity(aligned, target[0], dim=-1).mean()
+    assert torch.allclose(out.loss_repa, expected, atol=1e-5)
+    assert torch.allclose(out.loss, out.loss_ntp + out.loss_flow + 0.5 * out.loss_repa)
+    out.loss_repa.backward()
+    # The alignment gradient reaches the head and the LLM layers up to the aligned one, not those after it.
+    grads = {name: model.get_parameter(name).grad for name in (
+        "repa_head.0.weight", "model.language_model.layers.0.mlp.up_proj.weight", "model.language_model.layers.1.mlp.up_proj.weight")}
+    assert grads["repa_head.0.weight"].abs().sum() > 0
+    assert grads["model.language_model.layers.0.mlp.up_proj.weight"].abs().sum() > 0
+    assert grads["model.language_model.layers.1.mlp.up_proj.weight"] is None
+    assert "repa_head.0.weight" not in tiny_hydra().state_dict()  # off by default: no extra weights
+    with pytest.raises(Exception, match="repa_layer"):  # huggingface_hub wraps the ValueError
+        tiny_config(repa_weight=0.5, repa_layer=7)
+
+
 def test_eager_and_sdpa_agree(tmp_path):
     tiny_hydra().save_pretrained(tmp_path)
     eager = HydraForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="eager").eval()

@@ -11,7 +11,7 @@ __all__ = ["Stage", "TOKENIZER_STAGES", "UNIFIED_STAGES", "apply_stage", "resolv
 # The generative half of HYDRA-TOK: the latent space the flow head is trained in. It is fixed after tokenizer
 # training (as Hydra-X keeps Gen-ViT and the decoder frozen in the unified stages), otherwise the flow targets of
 # the unified model would move under it.
-_UNIFIED_HEADS = [r"^model\.projector\.", r"^model\.time_embedding\.", r"^flow_head\."]
+_UNIFIED_HEADS = [r"^model\.projector\.", r"^model\.time_embedding\.", r"^flow_head\.", r"^repa_head\."]
 _UNIFIED_ALL = _UNIFIED_HEADS + [
     r"^model\.language_model\.",
     r"^lm_head\.",

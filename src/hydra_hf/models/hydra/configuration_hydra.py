@@ -89,6 +89,9 @@ class HydraConfig(PreTrainedConfig):
             logit-normal (with a small uniform share).
         timestep_shift (`float`): SD3-style shift of the sampling schedule (1.0 = none).
         ntp_weight, flow_weight (`float`): `loss = ntp_weight * L_ntp + flow_weight * L_flow`.
+        repa_weight (`float`): weight of a representation-alignment term (REPA, Yu et al. 2024; not in the paper,
+            off by default): an MLP on the LLM's hidden states at the generated image's tokens after layer
+            `repa_layer` (default: half the depth) predicts the clean image's Sem-ViT features (cosine loss).
 
     Presets: `HydraConfig.from_preset("tiny" | "hydra-1.5b" | "hydra-7b")` (Qwen2.5-1.5B / 7B-Instruct shapes with
     `hydra-tok-300m`).
@@ -117,12 +120,16 @@ class HydraConfig(PreTrainedConfig):
     timestep_shift: float = 1.0
     ntp_weight: float = 1.0
     flow_weight: float = 1.0
+    repa_weight: float = 0.0
+    repa_layer: int | None = None
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if self.flow_head_hidden_size is None:
             self.flow_head_hidden_size = self.text_config.hidden_size
+        if self.repa_layer is None:
+            self.repa_layer = max(1, self.text_config.num_hidden_layers // 2)
         # The LM head is tied exactly when the LLM ties its own.
         self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
 
@@ -136,6 +143,11 @@ class HydraConfig(PreTrainedConfig):
                 raise ValueError(f"{name}={getattr(self, name)} is outside the LLM vocabulary (size {vocab})")
         if not 0.0 <= self.cfg_dropout_prob < 1.0:
             raise ValueError(f"cfg_dropout_prob must be in [0, 1), got {self.cfg_dropout_prob}")
+        if self.repa_weight < 0 or not 1 <= self.repa_layer <= self.text_config.num_hidden_layers:
+            raise ValueError(
+                f"repa_weight must be >= 0 and repa_layer in [1, {self.text_config.num_hidden_layers}] (an LLM layer), "
+                f"got {self.repa_weight} and {self.repa_layer}"
+            )
 
     @property
     def num_image_tokens(self) -> int:

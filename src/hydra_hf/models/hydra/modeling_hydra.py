@@ -40,23 +40,27 @@ class HydraModelOutputWithPast(BaseModelOutputWithPast):
     generation_token_mask (`[B, L]` bool): positions of the image tokens of the images being generated.
     flow_time_embeds (`[I_gen, D]`): their time embeddings (the flow head's adaLN condition).
     flow_target (`[I_gen, N, C]`): the velocity `eps - z` the flow head should predict there.
+    repa_target (`[I_gen, N, D_vision]`): the clean images' Sem-ViT features, when `config.repa_weight > 0`.
     """
 
     generation_token_mask: torch.Tensor | None = None
     flow_time_embeds: torch.Tensor | None = None
     flow_target: torch.Tensor | None = None
+    repa_target: torch.Tensor | None = None
 
 
 @dataclass
 class HydraCausalLMOutputWithPast(CausalLMOutputWithPast):
     r"""
-    loss: `ntp_weight * loss_ntp + flow_weight * loss_flow` over the parts present in the batch.
-    loss_ntp, loss_flow: the unweighted next-token and flow-matching losses (None when the batch has no such part).
+    loss: `ntp_weight * loss_ntp + flow_weight * loss_flow (+ repa_weight * loss_repa)` over the parts present.
+    loss_ntp, loss_flow, loss_repa: the unweighted next-token, flow-matching and representation-alignment losses
+        (None when the batch has no such part).
     flow_prediction (`[I_gen, N, C]`): the flow head's velocity at the generated images' tokens.
     """
 
     loss_ntp: torch.Tensor | None = None
     loss_flow: torch.Tensor | None = None
+    loss_repa: torch.Tensor | None = None
     flow_prediction: torch.Tensor | None = None
 
 
@@ -207,7 +211,8 @@ class HydraModel(HydraPreTrainedModel):
         timesteps: torch.Tensor | None,
         noise: torch.Tensor | None,
     ):
-        """Visual tokens of every image plus, for the images being generated, time embeddings and flow targets."""
+        """Visual tokens of every image plus, for the images being generated, time embeddings, flow targets and
+        (with REPA on) the clean images' Sem-ViT features."""
         if image_latents is None:
             image_latents = self.image_latents(pixel_values)
         num_images = image_latents.shape[0]
@@ -217,7 +222,7 @@ class HydraModel(HydraPreTrainedModel):
             raise ValueError(f"image_generation_mask must have shape [{num_images}] (one flag per image), got {tuple(image_generation_mask.shape)}")
         num_generated = int(image_generation_mask.sum())
         if num_generated == 0:
-            return self.visual_tokens(image_latents), None, None
+            return self.visual_tokens(image_latents), None, None, None
 
         vision = self.vision_model
         clean = vision.normalize_latents(image_latents[image_generation_mask].detach())
@@ -245,7 +250,11 @@ class HydraModel(HydraPreTrainedModel):
         time_per_image[image_generation_mask] = time_embeds
         tokens = self.visual_tokens(latents) + time_per_image[:, None]
         flow_target = grid_to_tokens(flow_matching.velocity_target(clean, noise.to(clean.dtype)))
-        return tokens, time_embeds, flow_target
+        repa_target = None
+        if self.config.repa_weight > 0:
+            with torch.no_grad():
+                repa_target = vision.semantic_features_from_latents(image_latents[image_generation_mask])
+        return tokens, time_embeds, flow_target, repa_target
 
     def block_causal_mask(
         self,
@@ -298,12 +307,12 @@ class HydraModel(HydraPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
         has_images = pixel_values is not None or image_latents is not None
-        time_embeds = flow_target = generation_token_mask = None
+        time_embeds = flow_target = repa_target = generation_token_mask = None
 
         if has_images:
             if input_ids is None:
                 raise ValueError("input_ids are needed to place images (their image tokens mark where)")
-            visual, time_embeds, flow_target = self._prepare_images(
+            visual, time_embeds, flow_target, repa_target = self._prepare_images(
                 pixel_values, image_latents, image_generation_mask, timesteps, noise
             )
             image_token_mask = self.get_placeholder_mask(input_ids, visual.shape[0], visual.shape[1])
@@ -340,6 +349,7 @@ class HydraModel(HydraPreTrainedModel):
             generation_token_mask=generation_token_mask,
             flow_time_embeds=time_embeds,
             flow_target=flow_target,
+            repa_target=repa_target,
         )
 
 
@@ -353,6 +363,12 @@ class HydraForConditionalGeneration(HydraPreTrainedModel, GenerationMixin):
         self.model = HydraModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.flow_head = HydraFlowHead(config)
+        if config.repa_weight > 0:
+            # Training-only: maps LLM hidden states to Sem-ViT width for the alignment loss; sampling never uses it.
+            text_width = config.text_config.hidden_size
+            self.repa_head = nn.Sequential(
+                nn.Linear(text_width, text_width), nn.SiLU(), nn.Linear(text_width, config.vision_config.hidden_size)
+            )
         self.post_init()
         # The image placeholder only ever marks where visual tokens go: text generation must not produce it.
         self.generation_config.suppress_tokens = [config.image_token_id]
@@ -392,6 +408,8 @@ class HydraForConditionalGeneration(HydraPreTrainedModel, GenerationMixin):
         Other image arguments: see `HydraModel.forward`. A batch can mix understanding rows (labels on the answer)
         and generation rows (their image flagged in `image_generation_mask`); both losses come from one forward.
         """
+        if self.config.repa_weight > 0 and image_generation_mask is not None and image_generation_mask.any():
+            kwargs["output_hidden_states"] = True
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -410,7 +428,7 @@ class HydraForConditionalGeneration(HydraPreTrainedModel, GenerationMixin):
         slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, slice_indices, :])
 
-        loss_ntp = loss_flow = flow_prediction = None
+        loss_ntp = loss_flow = loss_repa = flow_prediction = None
         if labels is not None:
             if input_ids is not None:
                 labels = labels.masked_fill(input_ids == self.config.image_token_id, -100)
@@ -420,13 +438,18 @@ class HydraForConditionalGeneration(HydraPreTrainedModel, GenerationMixin):
             generated = hidden_states[outputs.generation_token_mask].view(*outputs.flow_target.shape[:2], -1)
             flow_prediction = self.flow_head(generated, outputs.flow_time_embeds)
             loss_flow = F.mse_loss(flow_prediction.float(), outputs.flow_target.float())
+        if outputs.repa_target is not None:
+            layer_output = outputs.hidden_states[self.config.repa_layer]
+            aligned = self.repa_head(layer_output[outputs.generation_token_mask]).view(*outputs.repa_target.shape[:2], -1)
+            loss_repa = 1 - F.cosine_similarity(aligned.float(), outputs.repa_target.float(), dim=-1).mean()
 
-        parts = [(self.config.ntp_weight, loss_ntp), (self.config.flow_weight, loss_flow)]
+        parts = [(self.config.ntp_weight, loss_ntp), (self.config.flow_weight, loss_flow), (self.config.repa_weight, loss_repa)]
         present = [weight * part for weight, part in parts if part is not None]
         return HydraCausalLMOutputWithPast(
             loss=sum(present) if present else None,
             loss_ntp=loss_ntp,
             loss_flow=loss_flow,
+            loss_repa=loss_repa,
             logits=logits,
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
