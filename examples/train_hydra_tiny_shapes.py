@@ -229,7 +229,7 @@ def assemble(work_dir: Path, dataset, tokenizer, tokenizer_path: Path, llm_path:
     config = HydraConfig(
         text_config=llm.config.to_dict(), vision_config={**vision.config.to_dict(), "latents_mean": mean, "latents_std": std},
         image_token_id=tokenizer.image_token_id, boi_token_id=tokenizer.boi_token_id, eoi_token_id=tokenizer.eoi_token_id,
-        flow_head_hidden_size=256, flow_head_num_layers=3, repa_weight=0.5,
+        flow_head_hidden_size=256, flow_head_num_layers=3,
     )
     torch.manual_seed(TRAIN_SEED)
     model = HydraForConditionalGeneration(config)

@@ -81,9 +81,10 @@ def test_each_stage_trains_exactly_what_its_config_says():
     assert decoder_only and all(name.startswith("decoder.") for name in decoder_only)
     assert sum(1 for name, _ in tokenizer.named_parameters() if name.startswith("decoder.")) == len(decoder_only)
 
-    model = tiny_hydra()
+    model = tiny_hydra(repa_weight=0.5)
     stage_one = set(apply_stage(model, UNIFIED_STAGES["I"]))
-    assert stage_one and all(name.split(".")[0] == "flow_head" or name.startswith(("model.projector.", "model.time_embedding.")) for name in stage_one)
+    assert stage_one and all(name.split(".")[0] in ("flow_head", "repa_head") or name.startswith(("model.projector.", "model.time_embedding.")) for name in stage_one)
+    assert any(name.startswith("repa_head.") for name in stage_one)
     assert {name for name, p in model.named_parameters() if p.requires_grad} == stage_one
     assert not any(p.requires_grad for p in model.model.language_model.parameters())
 
