@@ -248,7 +248,7 @@ def test_gradients_reach_flow_head_projector_time_embedding_and_llm():
 def test_repa_aligns_a_middle_llm_layer_to_the_clean_images_sem_vit_features():
     model, processor = tiny_hydra(repa_weight=0.5, repa_layer=1).train(), tiny_processor()
     inputs, labels, flags = mixed_batch(processor)
-    flow = dict(image_generation_mask=flags, timesteps=torch.tensor([0.5]), noise=torch.randn(1, 8, 4, 4))
+    flow = {"image_generation_mask": flags, "timesteps": torch.tensor([0.5]), "noise": torch.randn(1, 8, 4, 4)}
     out = model(**inputs, labels=labels, **flow)
     with torch.no_grad():
         clean = model.model.image_latents(inputs["pixel_values"][1:])
