@@ -63,7 +63,9 @@ def test_eval_shapes_reports_every_part(model_dir, tmp_path, capsys):
     assert scores["num_scenes"] == 6 and scores["seed"] == 12345
     assert 0 <= scores["vqa_accuracy"] <= 1 and scores["reconstruction_psnr"] > 0
     assert set(scores["generation"]) >= {"single_object", "two_objects", "counting", "colors", "position", "overall"}
-    assert "tokenizer reconstruction PSNR" in capsys.readouterr().out
+    assert scores["specks_per_image"] >= 0
+    printed = capsys.readouterr().out
+    assert "tokenizer reconstruction PSNR" in printed and "Specks per generated image" in printed
 
 
 def test_evaluation_is_deterministic(model_dir):

@@ -21,6 +21,7 @@ from hydra_hf.data import (
     sample_scene,
 )
 from hydra_hf.evaluation import (
+    count_specks,
     detect_objects,
     format_scores_table,
     psnr,
@@ -91,6 +92,17 @@ def test_detector_ignores_background_specks_and_streaks():
     streak = white.copy()
     streak[30:32, 5:60] = (40, 80, 220)
     assert detect_objects(streak) == []
+
+
+def test_specks_count_small_blobs_that_the_detector_drops():
+    image = np.asarray(render_scene(sample_scene(example_rng(3, 0), "two_objects"))).copy()
+    assert count_specks(image) == 0  # the objects are far larger than a speck
+    image[2:4, 2:4] = (220, 40, 40)
+    image[60:63, 40:43] = (40, 80, 220)
+    image[30, 2] = (235, 235, 235)  # too faint to count
+    assert count_specks(image) == 2
+    assert len(detect_objects(image)) == 2
+    assert count_specks(image.astype(np.float32) / 255.0) == 2
 
 
 def test_detector_accepts_pil_and_float_arrays():

@@ -21,6 +21,7 @@ from ..data.shapes import ALL_COLORS, BACKGROUND, GENERATION_CATEGORIES, SHAPES,
 
 __all__ = [
     "DetectedObject",
+    "count_specks",
     "detect_objects",
     "format_scores_table",
     "psnr",
@@ -178,6 +179,20 @@ def detect_objects(
             DetectedObject(shape, _COLOR_NAMES[classes.flat[label]], x, y, round(width), round(height), num_pixels)
         )
     return sorted(detections, key=lambda detection: (detection.y, detection.x))
+
+
+def count_specks(image: Image.Image | np.ndarray, max_pixels: int = 10, min_deficit: float = 60.0) -> int:
+    """Small non-background blobs: 8-connected components of fewer than `max_pixels` pixels whose darkest channel
+    is more than `min_deficit` below white.
+
+    `detect_objects` drops them (under `min_pixels`), so the GenEval-style scores cannot see a generator that
+    scatters dots over the canvas; this count can.
+    """
+    pixels = _as_rgb_array(image)
+    classes = np.where((255.0 - pixels).max(axis=-1) > min_deficit, 0, -1)
+    labels = _label_components(classes)
+    _, sizes = np.unique(labels[labels >= 0], return_counts=True)
+    return int((sizes < max_pixels).sum())
 
 
 def spec_satisfied(detections: Sequence[DetectedObject], spec: PromptSpec) -> bool:

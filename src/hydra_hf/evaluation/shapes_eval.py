@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from ..data.shapes import generation_scenes, make_shapes_dataset, prompt_spec_for, render_scene
 from ..pipelines import HydraPipeline
-from .shapes import format_scores_table, psnr, score_generation, vqa_accuracy
+from .shapes import count_specks, format_scores_table, psnr, score_generation, vqa_accuracy
 
 __all__ = [
     "EVAL_SEED",
@@ -32,6 +32,7 @@ class ShapesEvaluation:
     settings: dict
     reconstruction_psnr: float | None = None
     generation: dict[str, float] = field(default_factory=dict)
+    specks_per_image: float | None = None
     vqa_accuracy: float | None = None
     vqa_by_type: dict[str, float] = field(default_factory=dict)
     editing: dict[str, float] = field(default_factory=dict)
@@ -49,6 +50,7 @@ class ShapesEvaluation:
             lines += [f"| VQA accuracy: {kind} | {value:.3f} |" for kind, value in self.vqa_by_type.items()]
         if self.generation:
             lines += ["", "GenEval-style generation scores:", "", format_scores_table(self.generation)]
+            lines += ["", f"Specks per generated image (blobs under 10 px, which the scores ignore): {self.specks_per_image:.2f}"]
         if self.editing:
             lines += ["", "GenEval-style overall of edits (each prompt's reference scene noised to time s, then denoised):",
                       "", "| s | overall |", "|---:|---:|"]
@@ -127,6 +129,7 @@ def evaluate_shapes(
     if "generation" in parts:
         generated = generate_for_specs(pipe, specs, num_inference_steps, guidance_scale, batch_size, seed)
         result.generation = score_generation(generated, specs)
+        result.specks_per_image = float(np.mean([count_specks(image) for image in generated]))
     if "editing" in parts:
         references = [render_scene(scene) for scene in reference_scenes]
         for strength in edit_strengths:
