@@ -1,6 +1,7 @@
 """Scoring a HYDRA model on held-out shapes-world scenes: tokenizer reconstruction PSNR, GenEval-style generation
-scores, VQA accuracy and, as a diagnostic, the generation scores of edits (reference scenes noised to a flow time and
-denoised). `hydra-hf eval shapes` prints what `evaluate_shapes` returns."""
+scores (and the specks per image, which they cannot see), VQA accuracy and, as a diagnostic, the generation scores of
+edits (reference scenes noised to a flow time and denoised). `hydra-hf eval shapes` prints what `evaluate_shapes`
+returns."""
 
 from dataclasses import asdict, dataclass, field
 
