@@ -27,7 +27,8 @@ _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "revision", "t
 class HydraPipeline(DiffusionPipeline):
     r"""
     Text-to-image with HYDRA: `HydraPipeline.from_pretrained(path)(prompt).images[0]`; with `image` and `strength`,
-    image-to-image (SDEdit): the image's latent is noised to the flow time `strength` and denoised from there.
+    image-to-image (SDEdit): the image's latent is noised to where the schedule's last `strength` share begins and
+    denoised from there.
 
     The prompt runs through the LLM once; its KV cache is then reused at every step, where only the image tokens
     (`noisy latent -> Sem-ViT -> projector + time embedding`) pass through the LLM and the flow head predicts the
