@@ -270,26 +270,6 @@ def test_repa_aligns_a_middle_llm_layer_to_the_clean_images_sem_vit_features():
         tiny_config(repa_weight=0.5, repa_layer=7)
 
 
-def test_flow_head_latent_input_is_a_skip_that_training_and_sampling_feed_alike():
-    model, processor = tiny_hydra(flow_head_latent_input=True), tiny_processor()
-    text = processor.build_generation_prompt("a red square", target_image=True)
-    inputs = processor(text=[text], images=[Image.new("RGB", (32, 32), (255, 0, 0))])
-    noise, t = torch.randn(1, 8, 4, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([0.6])
-    with torch.no_grad():
-        zero_skip = model(**inputs, image_generation_mask=torch.tensor([True]), timesteps=t, noise=noise).flow_prediction
-        torch.nn.init.normal_(model.flow_head.latent_proj.weight)
-        trained = model(**inputs, image_generation_mask=torch.tensor([True]), timesteps=t, noise=noise).flow_prediction
-        clean = model.vision_model.normalize_latents(model.model.image_latents(inputs["pixel_values"]))
-        noisy = (1 - t) * clean + t * noise
-        sampled = model.flow_velocity(noisy, t, **generation_ids(processor, ["a red square"]))
-    assert not torch.allclose(zero_skip, trained, atol=1e-3)  # the head reads z_t once its projection is non-zero
-    assert torch.allclose(sampled.flatten(2).transpose(1, 2), trained, atol=1e-5)  # sampling feeds it the same z_t
-    with pytest.raises(ValueError, match="noisy latents"):
-        width = model.config.text_config.hidden_size
-        model.flow_head(torch.zeros(1, N, width), torch.zeros(1, width))
-    assert "flow_head.latent_proj.weight" not in tiny_hydra().state_dict()  # off by default
-
-
 def test_eager_and_sdpa_agree(tmp_path):
     tiny_hydra().save_pretrained(tmp_path)
     eager = HydraForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="eager").eval()
