@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from ..data.shapes import generation_scenes, make_shapes_dataset, prompt_spec_for, render_scene
 from ..pipelines import HydraPipeline
-from .shapes import count_specks, format_scores_table, psnr, score_generation, vqa_accuracy
+from .shapes import SPECK_MAX_PIXELS, count_specks, format_scores_table, psnr, score_generation, vqa_accuracy
 
 __all__ = [
     "EVAL_SEED",
@@ -51,7 +51,7 @@ class ShapesEvaluation:
             lines += [f"| VQA accuracy: {kind} | {value:.3f} |" for kind, value in self.vqa_by_type.items()]
         if self.generation:
             lines += ["", "GenEval-style generation scores:", "", format_scores_table(self.generation)]
-            lines += ["", f"Specks per generated image (blobs under 10 px, which the scores ignore): {self.specks_per_image:.2f}"]
+            lines += ["", f"Specks per generated image (blobs under {SPECK_MAX_PIXELS} px, which the scores ignore): {self.specks_per_image:.2f}"]
         if self.editing:
             lines += ["", "GenEval-style overall of edits (each prompt's reference scene noised to time s, then denoised):",
                       "", "| s | overall |", "|---:|---:|"]
