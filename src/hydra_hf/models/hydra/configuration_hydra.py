@@ -91,8 +91,7 @@ class HydraConfig(PreTrainedConfig):
         ntp_weight, flow_weight (`float`): `loss = ntp_weight * L_ntp + flow_weight * L_flow`.
         repa_weight (`float`): weight of a representation-alignment term (REPA, Yu et al. 2024; not in the paper,
             off by default): an MLP on the LLM's hidden states at the generated image's tokens after layer
-            `repa_layer` (default: half the depth) predicts the clean image's Sem-ViT features (cosine loss), for
-            the generated images whose flow time is at least `repa_min_time` (default 0: all of them).
+            `repa_layer` (default: half the depth) predicts the clean image's Sem-ViT features (cosine loss).
 
     Presets: `HydraConfig.from_preset("tiny" | "hydra-1.5b" | "hydra-7b")` (Qwen2.5-1.5B / 7B-Instruct shapes with
     `hydra-tok-300m`).
@@ -123,7 +122,6 @@ class HydraConfig(PreTrainedConfig):
     flow_weight: float = 1.0
     repa_weight: float = 0.0
     repa_layer: int | None = None
-    repa_min_time: float = 0.0
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
@@ -145,8 +143,6 @@ class HydraConfig(PreTrainedConfig):
                 raise ValueError(f"{name}={getattr(self, name)} is outside the LLM vocabulary (size {vocab})")
         if not 0.0 <= self.cfg_dropout_prob < 1.0:
             raise ValueError(f"cfg_dropout_prob must be in [0, 1), got {self.cfg_dropout_prob}")
-        if not 0.0 <= self.repa_min_time < 1.0:
-            raise ValueError(f"repa_min_time must be in [0, 1) (a flow time), got {self.repa_min_time}")
         if self.repa_weight < 0 or not 1 <= self.repa_layer <= self.text_config.num_hidden_layers:
             raise ValueError(
                 f"repa_weight must be >= 0 and repa_layer in [1, {self.text_config.num_hidden_layers}] (an LLM layer), "

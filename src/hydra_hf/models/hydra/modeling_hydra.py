@@ -38,14 +38,12 @@ __all__ = [
 class HydraModelOutputWithPast(BaseModelOutputWithPast):
     r"""
     generation_token_mask (`[B, L]` bool): positions of the image tokens of the images being generated.
-    flow_timesteps (`[I_gen]`): their flow times t.
     flow_time_embeds (`[I_gen, D]`): their time embeddings (the flow head's adaLN condition).
     flow_target (`[I_gen, N, C]`): the velocity `eps - z` the flow head should predict there.
     repa_target (`[I_gen, N, D_vision]`): the clean images' Sem-ViT features, when `config.repa_weight > 0`.
     """
 
     generation_token_mask: torch.Tensor | None = None
-    flow_timesteps: torch.Tensor | None = None
     flow_time_embeds: torch.Tensor | None = None
     flow_target: torch.Tensor | None = None
     repa_target: torch.Tensor | None = None
@@ -213,8 +211,8 @@ class HydraModel(HydraPreTrainedModel):
         timesteps: torch.Tensor | None,
         noise: torch.Tensor | None,
     ):
-        """Visual tokens of every image plus, for the images being generated, flow times, time embeddings, flow
-        targets and (with REPA on) the clean images' Sem-ViT features."""
+        """Visual tokens of every image plus, for the images being generated, time embeddings, flow targets and
+        (with REPA on) the clean images' Sem-ViT features."""
         if image_latents is None:
             image_latents = self.image_latents(pixel_values)
         num_images = image_latents.shape[0]
@@ -224,7 +222,7 @@ class HydraModel(HydraPreTrainedModel):
             raise ValueError(f"image_generation_mask must have shape [{num_images}] (one flag per image), got {tuple(image_generation_mask.shape)}")
         num_generated = int(image_generation_mask.sum())
         if num_generated == 0:
-            return self.visual_tokens(image_latents), None, None, None, None
+            return self.visual_tokens(image_latents), None, None, None
 
         vision = self.vision_model
         clean = vision.normalize_latents(image_latents[image_generation_mask].detach())
@@ -256,7 +254,7 @@ class HydraModel(HydraPreTrainedModel):
         if self.config.repa_weight > 0:
             with torch.no_grad():
                 repa_target = vision.semantic_features_from_latents(image_latents[image_generation_mask])
-        return tokens, timesteps, time_embeds, flow_target, repa_target
+        return tokens, time_embeds, flow_target, repa_target
 
     def block_causal_mask(
         self,
@@ -309,12 +307,12 @@ class HydraModel(HydraPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
         has_images = pixel_values is not None or image_latents is not None
-        timesteps_out = time_embeds = flow_target = repa_target = generation_token_mask = None
+        time_embeds = flow_target = repa_target = generation_token_mask = None
 
         if has_images:
             if input_ids is None:
                 raise ValueError("input_ids are needed to place images (their image tokens mark where)")
-            visual, timesteps_out, time_embeds, flow_target, repa_target = self._prepare_images(
+            visual, time_embeds, flow_target, repa_target = self._prepare_images(
                 pixel_values, image_latents, image_generation_mask, timesteps, noise
             )
             image_token_mask = self.get_placeholder_mask(input_ids, visual.shape[0], visual.shape[1])
@@ -349,7 +347,6 @@ class HydraModel(HydraPreTrainedModel):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             generation_token_mask=generation_token_mask,
-            flow_timesteps=timesteps_out,
             flow_time_embeds=time_embeds,
             flow_target=flow_target,
             repa_target=repa_target,
@@ -441,12 +438,10 @@ class HydraForConditionalGeneration(HydraPreTrainedModel, GenerationMixin):
             generated = hidden_states[outputs.generation_token_mask].view(*outputs.flow_target.shape[:2], -1)
             flow_prediction = self.flow_head(generated, outputs.flow_time_embeds)
             loss_flow = F.mse_loss(flow_prediction.float(), outputs.flow_target.float())
-        aligned_images = outputs.flow_timesteps >= self.config.repa_min_time if outputs.repa_target is not None else None
-        if aligned_images is not None and aligned_images.any():
+        if outputs.repa_target is not None:
             layer_output = outputs.hidden_states[self.config.repa_layer]
             aligned = self.repa_head(layer_output[outputs.generation_token_mask]).view(*outputs.repa_target.shape[:2], -1)
-            similarity = F.cosine_similarity(aligned.float(), outputs.repa_target.float(), dim=-1)
-            loss_repa = 1 - similarity[aligned_images].mean()
+            loss_repa = 1 - F.cosine_similarity(aligned.float(), outputs.repa_target.float(), dim=-1).mean()
 
         parts = [(self.config.ntp_weight, loss_ntp), (self.config.flow_weight, loss_flow), (self.config.repa_weight, loss_repa)]
         present = [weight * part for weight, part in parts if part is not None]
