@@ -5,7 +5,7 @@
 
 Sections: (1) tokenizer encode/decode images/s, HYDRA-TOK at several sizes vs diffusers' SD-VAE; (2) text-to-image
 s/image, HydraPipeline with the prompt cache on and off vs Janus image generation; (3) understanding prefill and
-decode tokens/s vs Janus text mode; (4) training samples/s of HydraTokTrainer (stage 1) and HydraTrainer (stage II);
+decode tokens/s vs Janus text mode; (4) training samples/s of HydraTokTrainer (stages 1 and 2) and HydraTrainer (stage II);
 (5) peak RSS of every case. Each case runs in its own process. All models are randomly initialised from configs
 (see benchmarks/models.py); every peer ratio comes from the same run. Model FLOP utilisation (MFU) is the FLOPs
 counted by torch's FlopCounterMode divided by the measured time, over this machine's fp32 (or --dtype) 2048^3
@@ -54,7 +54,8 @@ NOTES = {
     "training": (
         "Inside `Trainer.train()`: mean of {train_steps} steps after {train_warmup_steps} warm-up "
         "(collation, forward, backward, optimizer). FLOPs by FlopCounterMode on the same batches, teacher passes "
-        "included; the stage II batch mixes understanding and generation rows at random (ratio 0.5)."
+        "included; HYDRA-TOK stage 2 trains the decoder with the GAN term and includes the discriminator's own "
+        "update; the stage II batch mixes understanding and generation rows at random (ratio 0.5)."
     ),
     "memory": (
         "Peak RSS of each case's own process (ru_maxrss), and the part above the RSS the process had after importing "

@@ -1,6 +1,7 @@
-"""Section 4: training samples/s and MFU of one HydraTokTrainer step (stage 1, with the self-distillation teacher
-and the teacher-feature perceptual loss) and one HydraTrainer step (stage II, mixed understanding/generation rows),
-measured inside the real `Trainer.train()` loop.
+"""Section 4: training samples/s and MFU of HydraTokTrainer steps (stage 1, with the self-distillation teacher and
+the teacher-feature perceptual loss; stage 2, the decoder with the GAN term and the discriminator's own update) and
+of one HydraTrainer step (stage II, mixed understanding/generation rows), measured inside the real `Trainer.train()`
+loop.
 
 Step time: the interval between consecutive `on_step_end` callbacks after a few warm-up steps (data collation,
 forward, backward and optimizer step included). FLOPs: FlopCounterMode around `trainer.training_step` (forward +
@@ -29,6 +30,7 @@ from .models import build_hydra, build_hydra_tok, parameter_count
 TITLE = "Training"
 CASES = {
     "hydra-tok-stage1": "HydraTokTrainer stage 1",
+    "hydra-tok-stage2": "HydraTokTrainer stage 2",
     "hydra-stage2": "HydraTrainer stage II",
 }
 
@@ -65,7 +67,7 @@ def run_case(case: str, opts: dict) -> dict:
     if warmup < 1:
         raise ValueError("the training benchmark needs at least one warm-up step (the first timed step's start)")
     dataset = make_shapes_dataset(batch * (warmup + steps + 2), seed=0)
-    if case == "hydra-tok-stage1":
+    if case.startswith("hydra-tok"):
         size = opts["unified_tokenizer"]
         model = build_hydra_tok(size, opts["image_size"]).train()
         image_size = model.config.image_size
@@ -74,8 +76,9 @@ def run_case(case: str, opts: dict) -> dict:
         )
         collator = _RecordingCollator(TokenizerCollator(processor))
         trainer_class = HydraTokTrainer
-        extra = dict(stage="1", teacher=copy.deepcopy(model), perceptual_backend="teacher")
-        described = f"HYDRA-TOK {size}, {image_size} px, batch {batch}"
+        stage = case.removeprefix("hydra-tok-stage")
+        extra = dict(stage=stage, teacher=copy.deepcopy(model), perceptual_backend="teacher")
+        described = f"HYDRA-TOK {size}, {image_size} px, batch {batch}" + (", GAN" if stage == "2" else "")
     else:
         model, processor = build_hydra(opts)
         model.train()

@@ -78,8 +78,11 @@ def test_quick_all_sections(tmp_path):
             "tokenizer": ["hydra-tok-tiny", "sd-vae"],
             "text-to-image": ["hydra-cache-on", "hydra-cache-off", "janus"],
             "understanding": ["hydra", "janus"],
-            "training": ["hydra-tok-stage1", "hydra-stage2"],
+            "training": ["hydra-tok-stage1", "hydra-tok-stage2", "hydra-stage2"],
         },
     )
+    training = report["sections"]["training"]
+    # Stage 2 trains the decoder only.
+    assert training["hydra-tok-stage2"]["trainable_parameters"] < training["hydra-tok-stage1"]["trainable_parameters"]
     t2i = report["sections"]["text-to-image"]
     assert t2i["hydra-cache-off"]["gflops_per_image"] > t2i["hydra-cache-on"]["gflops_per_image"]
