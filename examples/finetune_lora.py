@@ -39,7 +39,13 @@ from hydra_hf import HydraForConditionalGeneration, HydraProcessor
 from hydra_hf.hub import adapter_card, push_to_hub, save_for_hub
 from hydra_hf.lora import LORA_TARGETS, hydra_lora_config, lora_stage
 from hydra_hf.training import HydraCollator, HydraTrainer
-from hydra_hf.training.arguments import DataArguments, parse_arguments, prepare_dataset, resume_argument
+from hydra_hf.training.arguments import (
+    DataArguments,
+    end_processes,
+    parse_arguments,
+    prepare_dataset,
+    resume_argument,
+)
 
 
 @dataclass
@@ -125,6 +131,7 @@ def main(args: list[str] | None = None) -> None:
         data_collator=collator,
     )
     trainer.train(resume_from_checkpoint=resume_argument(training_args.resume_from_checkpoint))
+    end_processes(trainer)  # the adapter is written by the main process alone, without collectives
 
     if not training_args.should_save:
         return

@@ -16,7 +16,13 @@ from transformers import TrainingArguments, set_seed
 
 from hydra_hf import HydraForConditionalGeneration, HydraProcessor
 from hydra_hf.training import HydraCollator, HydraTrainer
-from hydra_hf.training.arguments import DataArguments, parse_arguments, prepare_dataset, resume_argument
+from hydra_hf.training.arguments import (
+    DataArguments,
+    end_processes,
+    parse_arguments,
+    prepare_dataset,
+    resume_argument,
+)
 
 
 @dataclass
@@ -56,6 +62,7 @@ def main(args: list[str] | None = None) -> None:
     )
     trainer.train(resume_from_checkpoint=resume_argument(training_args.resume_from_checkpoint))
     trainer.save_model()
+    end_processes(trainer)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,13 @@ from transformers import TrainingArguments, set_seed
 
 from hydra_hf import HydraImageProcessor, HydraTokConfig, HydraTokModel
 from hydra_hf.training import HydraTokTrainer, PatchDiscriminator, TokenizerCollator
-from hydra_hf.training.arguments import DataArguments, parse_arguments, prepare_dataset, resume_argument
+from hydra_hf.training.arguments import (
+    DataArguments,
+    end_processes,
+    parse_arguments,
+    prepare_dataset,
+    resume_argument,
+)
 
 
 @dataclass
@@ -65,6 +71,7 @@ def main(args: list[str] | None = None) -> None:
     )
     trainer.train(resume_from_checkpoint=resume_argument(training_args.resume_from_checkpoint))
     trainer.save_model()
+    end_processes(trainer)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from transformers import HfArgumentParser
 
 from .data import load_training_dataset
 
-__all__ = ["DataArguments", "parse_arguments", "prepare_dataset", "resume_argument"]
+__all__ = ["DataArguments", "end_processes", "parse_arguments", "prepare_dataset", "resume_argument"]
 
 
 @dataclass
@@ -51,3 +51,14 @@ def prepare_dataset(data_args: DataArguments):
 def resume_argument(value: str | None) -> str | bool | None:
     """`--resume_from_checkpoint last` resumes from the newest complete checkpoint in `output_dir`."""
     return True if value == "last" else value
+
+
+def end_processes(trainer) -> None:
+    """Wait for every process, then shut the process group down before the script returns.
+
+    A rank that reaches interpreter exit with its process group still alive (here: rank 1, while rank 0 still wrote
+    the final model) can abort in gloo's thread teardown with "terminate called without an active exception"
+    (pytorch/pytorch#190489). Call it only after a successful run: a rank that failed must not wait for the others.
+    """
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
