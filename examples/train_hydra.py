@@ -30,6 +30,9 @@ class HydraArguments:
     model_name_or_path: str = field(metadata={"help": "folder with a HYDRA model and its processor"})
     stage: str = field(default="I", metadata={"help": "I: heads only, LLM frozen; II: joint; III: instructions"})
     trainable: list[str] | None = field(default=None, metadata={"help": "override the stage's trainable regexes"})
+    ema_decay: float | None = field(
+        default=None, metadata={"help": "keep an EMA of the trained weights (e.g. 0.9995) and save it as the model"}
+    )
 
 
 def main(args: list[str] | None = None) -> None:
@@ -56,6 +59,7 @@ def main(args: list[str] | None = None) -> None:
         training_args,
         stage=model_args.stage,
         trainable=model_args.trainable,
+        ema_decay=model_args.ema_decay,
         train_dataset=prepare_dataset(data_args),
         data_collator=collator,
         processing_class=processor,

@@ -34,6 +34,9 @@ class TokenizerArguments:
     teacher_name_or_path: str | None = field(default=None, metadata={"help": "default: a frozen copy of the start"})
     stage: str = field(default="1", metadata={"help": "1: end to end; 2: decoder + GAN"})
     trainable: list[str] | None = field(default=None, metadata={"help": "override the stage's trainable regexes"})
+    ema_decay: float | None = field(
+        default=None, metadata={"help": "keep an EMA of the trained weights (e.g. 0.9995) and save it as the model"}
+    )
     perceptual_backend: str = field(default="auto", metadata={"help": "auto | lpips | teacher"})
     discriminator_learning_rate: float | None = field(default=None)
 
@@ -65,6 +68,7 @@ def main(args: list[str] | None = None) -> None:
         discriminator_learning_rate=model_args.discriminator_learning_rate,
         perceptual_backend=model_args.perceptual_backend,
         trainable=model_args.trainable,
+        ema_decay=model_args.ema_decay,
         train_dataset=prepare_dataset(data_args),
         data_collator=TokenizerCollator(image_processor, image_column=data_args.image_column),
         processing_class=image_processor,

@@ -28,6 +28,7 @@ from hydra_hf.training import (
     load_training_dataset,
     resolve_stage,
 )
+from hydra_hf.training.ema import EMA_WEIGHTS
 from hydra_hf.training.stages import TOKENIZER_STAGES, UNIFIED_STAGES
 
 from .utils import random_pixels, tiny_hydra, tiny_processor
@@ -338,10 +339,41 @@ def test_two_process_scripts_end_with_loadable_checkpoints(tmp_path, shapes_data
     tiny_processor().save_pretrained(initial_hydra)
     unified = tmp_path / "hydra-s1"
     torchrun("train_hydra.py", "--dataset", str(data), "--model_name_or_path", str(initial_hydra), "--stage", "I",
-             "--output_dir", str(unified))
+             "--output_dir", str(unified), "--ema_decay", "0.99")
+    assert (Path(last_complete_checkpoint(unified)) / EMA_WEIGHTS).exists()
     model = AutoModelForImageTextToText.from_pretrained(unified)
     assert isinstance(model, HydraForConditionalGeneration)
     assert AutoProcessor.from_pretrained(unified).image_token_id == model.config.image_token_id
     checkpoint = HydraForConditionalGeneration.from_pretrained(last_complete_checkpoint(unified))
     frozen_llm = tiny_hydra().model.language_model.layers[0].mlp.up_proj.weight
     assert torch.equal(checkpoint.model.language_model.layers[0].mlp.up_proj.weight, frozen_llm)  # stage I: LLM frozen
+
+
+def test_ema_weights_are_what_training_saves_and_resume_exactly(tmp_path, shapes_dataset):
+    processor = tiny_processor()
+
+    def run(output_dir, ema_decay, stop_at=None, resume=False):
+        trainer = HydraTrainer(
+            tiny_hydra(), training_args(output_dir), stage="II", ema_decay=ema_decay, train_dataset=shapes_dataset,
+            data_collator=HydraCollator(processor, generation_ratio=0.5), processing_class=processor,
+            callbacks=[StopAt(stop_at)] if stop_at else None,
+        )
+        trainer.train(resume_from_checkpoint=True if resume else None)
+        return dict(trainer.model.named_parameters())
+
+    raw = run(tmp_path / "raw", None)
+    full = run(tmp_path / "full", 0.9)
+    run(tmp_path / "split", 0.9, stop_at=3)
+    assert (tmp_path / "split" / "checkpoint-3" / EMA_WEIGHTS).exists()
+    resumed = run(tmp_path / "split", 0.9, resume=True)
+    initial = dict(tiny_hydra().named_parameters())
+    trained = [name for name, parameter in initial.items() if not torch.equal(parameter, raw[name])]
+    frozen = [name for name in initial if name not in trained]
+    assert trained and frozen  # stage II freezes the vision tower
+    for name in trained:
+        assert not torch.allclose(full[name], raw[name]), name  # the average, not the last step's weights
+        torch.testing.assert_close(resumed[name], full[name], atol=1e-5, rtol=0)  # restored on resume
+    for name in frozen:
+        assert torch.equal(full[name], initial[name]), name
+    with pytest.raises(ValueError, match="run without ema_decay"):
+        run(tmp_path / "raw", 0.9, resume=True)

@@ -1,8 +1,9 @@
 """`Trainer` subclasses for HYDRA-TOK (stages 1-2) and the unified model (stages I-III).
 
 Both add to the stock Trainer: the stage's trainable-parameter selection, logging of each loss term, the
-collator's batch position on resume (its random draws are keyed by it), and a completion marker written last, so
-that resuming never picks a half-written checkpoint (`last_complete_checkpoint`).
+collator's batch position on resume (its random draws are keyed by it), an optional EMA of the trained weights
+(`ema_decay`, saved in each checkpoint), and a completion marker written last, so that resuming never picks a
+half-written checkpoint (`last_complete_checkpoint`).
 """
 
 import json
@@ -19,6 +20,7 @@ from transformers.utils import logging
 
 from ..models.hydra_tok.modeling_hydra_tok import HydraTokModel
 from .discriminator import PatchDiscriminator
+from .ema import EMACallback
 from .losses import cosine_distillation_loss, discriminator_hinge_loss, generator_adversarial_loss
 from .perceptual import PerceptualLoss
 from .stages import TOKENIZER_STAGES, UNIFIED_STAGES, Stage, apply_stage, resolve_stage
@@ -50,13 +52,16 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
 class _HydraTrainerMixin:
     """Behaviour shared by both trainers; see the module docstring."""
 
-    def _init_stage(self, stage: Stage) -> None:
+    def _init_stage(self, stage: Stage, ema_decay: float | None) -> None:
         self.stage = stage
         self.trainable_parameter_names = apply_stage(self.model, stage)
         total = sum(p.numel() for p in self.model.parameters())
         trained = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         logger.info(f"stage {stage.name} ({stage.description}): training {trained:,} of {total:,} parameters")
         self._loss_parts = defaultdict(list)
+        self.ema = EMACallback(ema_decay) if ema_decay is not None else None
+        if self.ema is not None:
+            self.add_callback(self.ema)
 
     def _record(self, **parts) -> None:
         for name, value in parts.items():
@@ -71,6 +76,16 @@ class _HydraTrainerMixin:
                 logs.update({f"skipped_{reason.replace(' ', '_')}": count for reason, count in skipped.items()})
             self._loss_parts.clear()
         super().log(logs, *args, **kwargs)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        if self.ema is not None and self.args.should_save:
+            self.ema.save(output_dir)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if self.ema is not None:
+            self.ema.resume_from = checkpoint
 
     def _save_checkpoint(self, model, trial) -> None:
         super()._save_checkpoint(model, trial)
@@ -112,10 +127,11 @@ class HydraTokTrainer(_HydraTrainerMixin, Trainer):
         discriminator_learning_rate: float | None = None,
         perceptual_backend: str = "auto",
         trainable: list[str] | None = None,
+        ema_decay: float | None = None,
         **kwargs,
     ):
         super().__init__(model, *args, **kwargs)
-        self._init_stage(resolve_stage(stage, TOKENIZER_STAGES, trainable))
+        self._init_stage(resolve_stage(stage, TOKENIZER_STAGES, trainable), ema_decay)
         config = model.config
         self.teacher = teacher.eval().requires_grad_(False).to(self.args.device) if teacher is not None else None
         if self.teacher is None and config.distillation_weight > 0:
@@ -216,9 +232,17 @@ class HydraTrainer(_HydraTrainerMixin, Trainer):
     """Unified stages "I", "II", "III" (see `hydra_hf.training.stages`); batches come from `HydraCollator`, which
     mixes understanding and generation rows and drops prompts for classifier-free guidance."""
 
-    def __init__(self, model: nn.Module, *args, stage: str | Stage = "I", trainable: list[str] | None = None, **kwargs):
+    def __init__(
+        self,
+        model: nn.Module,
+        *args,
+        stage: str | Stage = "I",
+        trainable: list[str] | None = None,
+        ema_decay: float | None = None,
+        **kwargs,
+    ):
         super().__init__(model, *args, **kwargs)
-        self._init_stage(resolve_stage(stage, UNIFIED_STAGES, trainable))
+        self._init_stage(resolve_stage(stage, UNIFIED_STAGES, trainable), ema_decay)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)

@@ -1,0 +1,58 @@
+"""An exponential moving average (EMA) of the trained weights, as diffusers' training scripts keep one (`--use_ema`),
+for `HydraTrainer`/`HydraTokTrainer` (`ema_decay=`): a `TrainerCallback` around diffusers' `EMAModel`."""
+
+from pathlib import Path
+
+import torch
+from diffusers.training_utils import EMAModel
+from safetensors.torch import load_file, save_file
+from transformers import TrainerCallback
+
+__all__ = ["EMA_WEIGHTS", "EMACallback"]
+
+EMA_WEIGHTS = "ema.safetensors"
+
+
+class EMACallback(TrainerCallback):
+    """Averages the parameters that train (those with `requires_grad` when training begins) after every optimizer
+    step, and copies the average into the model when training ends, so that `save_model` writes the averaged weights.
+
+    `decay` caps the decay; the warm-up `1 - (1 + step) ** -power` makes a short run average over fewer steps than a
+    long one (power 3/4: 0.992 after 600 steps, 0.9985 after 6000). The trainers save the average in every checkpoint
+    (`save`) and restore it on resume (`resume_from`).
+    """
+
+    def __init__(self, decay: float = 0.9995, power: float = 0.75):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema_decay must lie in (0, 1), got {decay}")
+        self.decay, self.power = decay, power
+        self.ema: EMAModel | None = None
+        self.names: list[str] = []
+        self.resume_from: str | None = None
+
+    def _trained(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
+        return [parameter for parameter in model.parameters() if parameter.requires_grad]
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.names = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+        self.ema = EMAModel(self._trained(model), decay=self.decay, use_ema_warmup=True, power=self.power, foreach=True)
+        if self.resume_from is not None:
+            path = Path(self.resume_from) / EMA_WEIGHTS
+            if not path.exists():
+                raise ValueError(f"{self.resume_from} holds no {EMA_WEIGHTS}: it was saved by a run without ema_decay")
+            saved = load_file(path)
+            if set(saved) - {"optimization_step"} != set(self.names):
+                raise ValueError(f"{self.resume_from}/{EMA_WEIGHTS} averages other parameters than this stage trains")
+            self.ema.shadow_params = [saved[name].to(self.ema.shadow_params[0].device) for name in self.names]
+            self.ema.optimization_step = int(saved["optimization_step"])
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.ema.step(self._trained(model))
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.ema.copy_to(self._trained(model))
+
+    def save(self, folder: str | Path) -> None:
+        tensors = {name: shadow.detach().contiguous() for name, shadow in zip(self.names, self.ema.shadow_params)}
+        tensors["optimization_step"] = torch.tensor(self.ema.optimization_step)
+        save_file(tensors, str(Path(folder) / EMA_WEIGHTS))
