@@ -45,6 +45,7 @@ class EMACallback(TrainerCallback):
                 raise ValueError(f"{self.resume_from}/{EMA_WEIGHTS} averages other parameters than this stage trains")
             self.ema.shadow_params = [saved[name].to(self.ema.shadow_params[0].device) for name in self.names]
             self.ema.optimization_step = int(saved["optimization_step"])
+            self.resume_from = None  # a later train() without resume starts a fresh average
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         self.ema.step(self._trained(model))
