@@ -1,5 +1,6 @@
-"""Arguments shared by the training scripts (`examples/train_tokenizer.py`, `examples/train_hydra.py`), parsed by
-`HfArgumentParser` from the command line or from one YAML/JSON file."""
+"""Arguments shared by the training scripts (`examples/train_tokenizer.py`, `examples/train_hydra.py`,
+`examples/finetune_lora.py`), parsed by `HfArgumentParser` from the command line or from one YAML/JSON file, and
+the scripts' shared start and end (`prepare_dataset`, `end_processes`)."""
 
 import sys
 from dataclasses import dataclass, field

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import torch
 from diffusers.training_utils import EMAModel
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from transformers import TrainerCallback
 
 __all__ = ["EMA_WEIGHTS", "EMACallback"]
@@ -27,33 +28,31 @@ class EMACallback(TrainerCallback):
             raise ValueError(f"ema_decay must lie in (0, 1), got {decay}")
         self.decay, self.power = decay, power
         self.ema: EMAModel | None = None
-        self.names: list[str] = []
+        self.trained: dict[str, torch.nn.Parameter] = {}
         self.resume_from: str | None = None
 
-    def _trained(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
-        return [parameter for parameter in model.parameters() if parameter.requires_grad]
-
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.names = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
-        self.ema = EMAModel(self._trained(model), decay=self.decay, use_ema_warmup=True, power=self.power, foreach=True)
+        self.trained = {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
+        parameters = list(self.trained.values())
+        self.ema = EMAModel(parameters, decay=self.decay, use_ema_warmup=True, power=self.power, foreach=True)
         if self.resume_from is not None:
             path = Path(self.resume_from) / EMA_WEIGHTS
             if not path.exists():
                 raise ValueError(f"{self.resume_from} holds no {EMA_WEIGHTS}: it was saved by a run without ema_decay")
-            saved = load_file(path)
-            if set(saved) - {"optimization_step"} != set(self.names):
-                raise ValueError(f"{self.resume_from}/{EMA_WEIGHTS} averages other parameters than this stage trains")
-            self.ema.shadow_params = [saved[name].to(self.ema.shadow_params[0].device) for name in self.names]
-            self.ema.optimization_step = int(saved["optimization_step"])
+            with safe_open(str(path), framework="pt") as saved:
+                if set(saved.keys()) != set(self.trained):
+                    raise ValueError(f"{path} averages other parameters than this stage trains")
+                self.ema.shadow_params = [saved.get_tensor(name).to(p.device) for name, p in self.trained.items()]
+                self.ema.optimization_step = int(saved.metadata()["optimization_step"])
             self.resume_from = None  # a later train() without resume starts a fresh average
 
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        self.ema.step(self._trained(model))
+    def on_step_end(self, args, state, control, **kwargs):
+        self.ema.step(self.trained.values())
 
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        self.ema.copy_to(self._trained(model))
+    def on_train_end(self, args, state, control, **kwargs):
+        self.ema.copy_to(self.trained.values())
 
     def save(self, folder: str | Path) -> None:
-        tensors = {name: shadow.detach().contiguous() for name, shadow in zip(self.names, self.ema.shadow_params)}
-        tensors["optimization_step"] = torch.tensor(self.ema.optimization_step)
-        save_file(tensors, str(Path(folder) / EMA_WEIGHTS))
+        tensors = {name: shadow.detach().contiguous() for name, shadow in zip(self.trained, self.ema.shadow_params)}
+        metadata = {"optimization_step": str(self.ema.optimization_step)}
+        save_file(tensors, str(Path(folder) / EMA_WEIGHTS), metadata=metadata)
