@@ -3,13 +3,17 @@
     python scripts/package_default_model.py outputs/tiny-shapes/final --scores scores.json [--grid grid.png]
 
 `--scores` is the JSON that `hydra-hf eval shapes --json` writes; its figures go into the card's evaluation table
-and nothing else does. Only the files `from_pretrained` needs are copied (safetensors, configs, processor files).
+and nothing else does, and the guidance it was scored with becomes the model's default (its generation config's
+`text_to_image`, which `HydraPipeline` reads). Only the files `from_pretrained` needs are copied (safetensors,
+configs, processor files).
 """
 
 import argparse
 import json
 import shutil
 from pathlib import Path
+
+from transformers import GenerationConfig
 
 from hydra_hf.hub import model_card
 
@@ -25,11 +29,24 @@ def eval_table(scores: dict) -> dict[str, float]:
     return table
 
 
+def install_sampling_defaults(settings: dict) -> dict:
+    """Write the guidance of the scored run into the installed generation config, so that the pipeline, `hydra-hf`
+    and the card's figures agree without anyone passing it."""
+    defaults = {name: settings[name] for name in ("guidance_scale", "pag_scale", "pag_applied_layers") if name in settings}
+    config = GenerationConfig.from_pretrained(ASSET)
+    config.text_to_image = defaults
+    config._from_model_config = False  # otherwise the extra attribute is dropped on load
+    config.save_pretrained(ASSET)
+    return defaults
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path, help="the recipe's final folder")
     parser.add_argument("--scores", type=Path, required=True, help="hydra-hf eval shapes --json output")
     args = parser.parse_args()
+    if args.model.resolve() == ASSET.resolve():
+        parser.error(f"{args.model} is the installed model itself, which installing would delete first; copy it elsewhere")
     scores = json.loads(args.scores.read_text())
     if ASSET.exists():
         shutil.rmtree(ASSET)
@@ -39,6 +56,7 @@ def main() -> None:
             if file.name not in SKIP:
                 shutil.copy2(file, ASSET / file.name)
     recipe = json.loads((args.model / "training_recipe.json").read_text())
+    sampling = install_sampling_defaults(scores["settings"])
     card = model_card(
         model_name="hydra-tiny-shapes",
         datasets=["synthetic shapes world (hydra_hf.data.shapes)"],
@@ -48,7 +66,8 @@ def main() -> None:
             "reconstruction PSNR >= 30 dB, GenEval-style overall >= 0.80 (single object >= 0.95) and VQA >= 0.90; "
             f"this checkpoint reaches {scores['reconstruction_psnr']:.2f} dB, "
             f"{scores['generation']['overall']:.3f} ({scores['generation']['single_object']:.3f}) and "
-            f"{scores['vqa_accuracy']:.3f}."
+            f"{scores['vqa_accuracy']:.3f}. `HydraPipeline` samples it by default with the guidance it was scored "
+            f"with, from its generation config: {sampling}."
         ),
         training_details={
             "recipe": "examples/train_hydra_tiny_shapes.py (semantic ViT, word tokenizer, LLM, HYDRA-TOK 1-2, unified I-III)",
@@ -60,6 +79,8 @@ def main() -> None:
             f"{scores['settings']}",
         },
         eval_results=eval_table(scores),
+        num_inference_steps=scores["settings"]["steps"],
+        guidance_scale=None,
         prompt="a red circle to the left of a blue square",
         question="how many circles are there?",
     )

@@ -68,6 +68,32 @@ def test_eval_shapes_reports_every_part(model_dir, tmp_path, capsys):
     assert "tokenizer reconstruction PSNR" in printed and "Specks per generated image" in printed
 
 
+def test_guidance_flags_reach_the_pipeline_and_the_eval_records_what_it_used(model_dir, tmp_path, monkeypatch):
+    arguments = ["generate", "a red circle", "--model", str(model_dir), "--steps", "2", "--output", str(tmp_path / "a.png")]
+    calls, pipeline_call = [], HydraPipeline.__call__
+    monkeypatch.setattr(HydraPipeline, "__call__", lambda self, *a, **kw: calls.append(kw) or pipeline_call(self, *a, **kw))
+    cli.main(arguments)
+    cli.main([*arguments, "--guidance", "2", "--pag-scale", "3", "--pag-layers", "0", "1"])
+    guidance = [{name: call[name] for name in ("guidance_scale", "pag_scale", "pag_applied_layers")} for call in calls]
+    assert guidance == [
+        {"guidance_scale": None, "pag_scale": None, "pag_applied_layers": None},  # None: the model's defaults
+        {"guidance_scale": 2.0, "pag_scale": 3.0, "pag_applied_layers": [0, 1]},
+    ]
+    with pytest.raises(SystemExit, match="--pag-scale must be >= 0"):
+        cli.main([*arguments, "--pag-scale", "-1"])
+
+    def settings(*flags):
+        output = tmp_path / "scores.json"
+        cli.main(["eval", "shapes", "--model", str(model_dir), "--num-scenes", "2", "--steps", "2", "--parts",
+                  "generation", "--json", str(output), *flags])
+        return json.loads(output.read_text())["settings"]
+
+    assert settings() == {"steps": 2, "guidance_scale": 5.0, "pag_scale": 0.0}
+    assert settings("--guidance", "3", "--pag-scale", "2", "--pag-layers", "0") == {
+        "steps": 2, "guidance_scale": 3.0, "pag_scale": 2.0, "pag_applied_layers": [0],
+    }
+
+
 def test_evaluation_is_deterministic(model_dir):
     pipe = HydraPipeline.from_pretrained(model_dir)
     pipe.set_progress_bar_config(disable=True)

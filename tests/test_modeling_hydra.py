@@ -13,6 +13,8 @@ from transformers import (
 import hydra_hf  # noqa: F401  (registers the Auto classes)
 from hydra_hf import HydraConfig, HydraForConditionalGeneration, HydraModel, HydraProcessor, HydraTokConfig
 
+from hydra_hf.models.hydra.modeling_hydra import identity_attention
+
 from .utils import random_pixels, tiny_config, tiny_hydra, tiny_processor
 
 N = 16  # image tokens of a 32 px image with 8 px patches
@@ -185,6 +187,46 @@ def test_velocity_of_a_batch_equals_each_prompt_alone():
             single = generation_ids(processor, [prompt])
             alone = model.flow_velocity(latents[row : row + 1], 0.5, prompt_cache=model.prepare_prompt_cache(**single))
             assert torch.allclose(together[row], alone[0], atol=1e-5)
+
+
+def test_identity_attention_cuts_the_perturbed_rows_tokens_off_each_other_and_only_inside_the_context():
+    language_model = tiny_hydra().model.language_model
+    num_layers = len(language_model.layers)
+    embeds = torch.randn(2, 6, language_model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    changed = embeds.clone()
+    changed[:, 0] += 1.0
+    perturbed = torch.tensor([True, False])
+    hidden = lambda inputs: language_model(inputs_embeds=inputs).last_hidden_state  # noqa: E731
+    with torch.no_grad():
+        plain = hidden(embeds)
+        with identity_attention(language_model, range(num_layers), perturbed):
+            isolated, isolated_changed = hidden(embeds), hidden(changed)
+        assert torch.equal(hidden(embeds), plain)  # the hooks are gone
+    # Row 0 attends nowhere but to itself in every layer: the first token's change stays with it.
+    assert torch.allclose(isolated[0, 1:], isolated_changed[0, 1:], atol=1e-6)
+    assert not torch.allclose(isolated[0, 0], isolated_changed[0, 0], atol=1e-3)
+    assert not torch.allclose(isolated[0], plain[0], atol=1e-3)
+    # Row 1 is not perturbed: unchanged, and its later tokens still read the first one.
+    assert torch.allclose(isolated[1], plain[1], atol=1e-6)
+    assert not torch.allclose(isolated[1, 1:], isolated_changed[1, 1:], atol=1e-3)
+    with pytest.raises(ValueError, match=rf"has {num_layers} decoder layers; cannot perturb layers \[{num_layers}\]"):
+        with identity_attention(language_model, [num_layers], perturbed):
+            pass
+
+
+def test_perturbed_velocity_agrees_with_and_without_the_prompt_cache_and_leaves_other_rows_alone():
+    model, processor = tiny_hydra(), tiny_processor()
+    prompts = generation_ids(processor, ["a red square", "a blue circle and a green square"])
+    latents = torch.randn(2, 8, 4, 4, generator=torch.Generator().manual_seed(2))
+    perturbed = dict(perturbed_rows=torch.tensor([False, True]), perturbed_layers=[0])
+    with torch.no_grad():
+        plain = model.flow_velocity(latents, 0.6, prompt_cache=model.prepare_prompt_cache(**prompts))
+        cache = model.prepare_prompt_cache(**prompts, **perturbed)
+        cached = model.flow_velocity(latents, 0.6, prompt_cache=cache, **perturbed)
+        uncached = model.flow_velocity(latents, 0.6, **prompts, **perturbed)
+    assert torch.allclose(cached, uncached, atol=1e-5)
+    assert torch.allclose(cached[0], plain[0], atol=1e-5)
+    assert not torch.allclose(cached[1], plain[1], atol=1e-3)
 
 
 def test_generation_training_builds_noisy_tokens_and_a_flow_loss():

@@ -172,6 +172,51 @@ def test_guidance_zero_samples_the_unconditional_model(pipe):
     assert torch.allclose(unconditional, run(pipe, "", guidance_scale=1.0, output_type="latent"), atol=1e-5)
 
 
+def test_perturbed_attention_guidance_adds_a_block_of_rows_and_follows_diffusers_formula(pipe, monkeypatch):
+    prompts = [PROMPT, "a blue circle"]
+    batches = count_velocity_calls(pipe, monkeypatch)
+    pag = dict(pag_scale=3.0, pag_applied_layers=[0], output_type="latent")
+    run(pipe, prompts, guidance_scale=5.0, **pag)
+    run(pipe, prompts, guidance_scale=1.0, **pag)
+    assert batches == [6] * STEPS + [4] * STEPS
+    batches.clear()
+    assert torch.equal(run(pipe, prompts, pag_scale=0.0, output_type="latent"), run(pipe, prompts, output_type="latent"))
+    assert batches == [4] * STEPS * 2  # pag_scale 0 adds no rows
+
+    # One Euler step from t = 1 to 0 moves the noise by -v: v must be v_u + g (v_c - v_u) + s (v_c - v_perturbed).
+    noise = torch.randn(2, 8, 4, 4, generator=torch.Generator().manual_seed(3))
+    one_step = dict(num_inference_steps=1, latents=noise, output_type="latent")
+    guided = run(pipe, prompts, guidance_scale=5.0, pag_scale=3.0, pag_applied_layers=[0], **one_step)
+    velocity = lambda images: noise - images  # noqa: E731
+    unconditional = velocity(run(pipe, ["", ""], guidance_scale=1.0, **one_step))
+    conditional = velocity(run(pipe, prompts, guidance_scale=1.0, **one_step))
+    ids = pipe.encode_prompt(prompts, do_classifier_free_guidance=False)
+    with torch.no_grad():
+        perturbed = pipe.model.flow_velocity(
+            noise, 1.0, input_ids=ids[0], attention_mask=ids[1], perturbed_rows=torch.ones(2, dtype=torch.bool),
+            perturbed_layers=[0],
+        )
+    expected = unconditional + 5.0 * (conditional - unconditional) + 3.0 * (conditional - perturbed)
+    assert not torch.allclose(perturbed, conditional, atol=1e-3)
+    assert torch.allclose(velocity(guided), expected, atol=1e-4)
+    uncached = run(pipe, prompts, guidance_scale=5.0, pag_scale=3.0, pag_applied_layers=[0], use_prompt_cache=False, **one_step)
+    assert torch.allclose(guided, uncached, atol=1e-5)
+
+
+def test_guidance_defaults_come_from_the_models_generation_config_and_survive_saving(pipe, tmp_path):
+    prompts = [PROMPT, "a blue circle"]
+    assert pipe.sampling_defaults() == {"guidance_scale": 5.0, "pag_scale": 0.0, "pag_applied_layers": [1]}
+    own = {"guidance_scale": 2.0, "pag_scale": 4.0, "pag_applied_layers": [0]}
+    pipe.model.generation_config.text_to_image = own
+    explicit = run(pipe, prompts, output_type="latent", **own)
+    assert torch.equal(run(pipe, prompts, output_type="latent"), explicit)
+    assert not torch.allclose(run(pipe, prompts, output_type="latent", pag_scale=0.0), explicit, atol=1e-3)
+    pipe.model.save_pretrained(tmp_path)
+    pipe.processor.save_pretrained(tmp_path)
+    reloaded = HydraPipeline.from_pretrained(tmp_path)
+    assert reloaded.sampling_defaults() == own
+
+
 def test_the_prompt_runs_once_and_is_tokenised_once(pipe, monkeypatch):
     lengths, calls = [], []
 
@@ -288,6 +333,9 @@ def test_model_cpu_offload_matches_the_model_on_the_accelerator(pipe):
         (dict(width=4), r"multiples of the patch size 8 .*got 32x4"),
         (dict(guidance_scale=-1.0), r"guidance_scale` must be >= 0 .*got -1\.0"),
         (dict(num_inference_steps=0), r"num_inference_steps` must be an integer >= 1, got 0"),
+        (dict(pag_scale=-1.0), r"`pag_scale` must be >= 0 \(0 = no perturbed-attention guidance\), got -1\.0"),
+        (dict(pag_scale=1.0, pag_applied_layers=[2]), r"decoder layer indices in \[-2, 2\) when `pag_scale` > 0, got \[2\]"),
+        (dict(pag_scale=1.0, pag_applied_layers=[]), r"`pag_applied_layers` must be a non-empty list"),
         (dict(decoder_num_inference_steps=0), r"decoder_num_inference_steps` must be an integer >= 1"),
         (dict(num_images_per_prompt=0), r"num_images_per_prompt` must be an integer >= 1"),
         (dict(negative_prompt=["x", "y", "z"]), r"list of 2 string\(s\), one per prompt"),

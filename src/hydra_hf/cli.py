@@ -42,6 +42,11 @@ def load_pipeline(name: str, quiet: bool = False):
     return pipe
 
 
+def _guidance(args) -> dict:
+    """The pipeline's guidance arguments; those not given on the command line stay None, the model's defaults."""
+    return {"guidance_scale": args.guidance, "pag_scale": args.pag_scale, "pag_applied_layers": args.pag_layers}
+
+
 def _seeded(pipe, seed: int, count: int):
     import torch
 
@@ -51,7 +56,7 @@ def _seeded(pipe, seed: int, count: int):
 def generate(args) -> None:
     pipe = load_pipeline(args.model)
     images = pipe(
-        args.prompt, num_inference_steps=args.steps, guidance_scale=args.guidance,
+        args.prompt, num_inference_steps=args.steps, **_guidance(args),
         num_images_per_prompt=args.num_images, generator=_seeded(pipe, args.seed, args.num_images),
     ).images
     output = Path(args.output)
@@ -83,7 +88,7 @@ def demo(args) -> None:
     pipe = load_pipeline(args.model)
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    images = pipe(list(DEMO_PROMPTS), num_inference_steps=args.steps, guidance_scale=args.guidance,
+    images = pipe(list(DEMO_PROMPTS), num_inference_steps=args.steps, **_guidance(args),
                   generator=_seeded(pipe, args.seed, len(DEMO_PROMPTS))).images
     grid = Image.new("RGB", (GRID_SCALE * sum(i.width for i in images), GRID_SCALE * max(i.height for i in images)), "white")
     for index, (prompt, image) in enumerate(zip(DEMO_PROMPTS, images)):
@@ -104,8 +109,8 @@ def evaluate(args) -> None:
 
     pipe = load_pipeline(args.model, quiet=True)
     result = evaluate_shapes(pipe, num_scenes=args.num_scenes, seed=args.seed, num_inference_steps=args.steps,
-                             guidance_scale=args.guidance, batch_size=args.batch_size, parts=tuple(args.parts),
-                             edit_strengths=tuple(args.edit_strengths))
+                             batch_size=args.batch_size, parts=tuple(args.parts),
+                             edit_strengths=tuple(args.edit_strengths), **_guidance(args))
     print(result.to_markdown())
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -122,7 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--model", default=DEFAULT_MODEL, help=f"a HYDRA folder or Hub repo (default: {DEFAULT_MODEL})")
         if sampling:
             sub.add_argument("--steps", type=int, default=30, help="Euler steps of the latent flow")
-            sub.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
+            sub.add_argument("--guidance", type=float,
+                             help="classifier-free guidance scale (default: the model's, else 5)")
+            sub.add_argument("--pag-scale", type=float,
+                             help="perturbed-attention guidance scale, 0 = off (default: the model's, else 0)")
+            sub.add_argument("--pag-layers", type=int, nargs="+",
+                             help="LLM decoder layers PAG perturbs (default: the model's, else the middle one)")
 
     sub = commands.add_parser("demo", help="generate images for a few fixed prompts and answer questions about them")
     add_model(sub)
@@ -169,8 +179,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
     if getattr(args, "steps", 1) < 1:
         raise SystemExit("--steps must be >= 1")
-    if getattr(args, "guidance", 0) < 0:
-        raise SystemExit("--guidance must be >= 0")
+    for name in ("guidance", "pag_scale"):
+        if (getattr(args, name, None) or 0) < 0:
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= 0")
     args.func(args)
 
 

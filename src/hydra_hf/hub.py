@@ -65,7 +65,7 @@ import hydra_hf
 # text-to-image with the adapter (diffusers-style LoRA methods)
 pipe = HydraPipeline.from_pretrained("{{ base_model }}")
 pipe.load_lora_weights("{{ repo_id }}")
-image = pipe("{{ prompt }}", num_inference_steps={{ num_inference_steps }}, guidance_scale={{ guidance_scale }}).images[0]
+image = pipe("{{ prompt }}", num_inference_steps={{ num_inference_steps }}{% if guidance_scale is not none %}, guidance_scale={{ guidance_scale }}{% endif %}).images[0]
 pipe.fuse_lora()            # optional: merge into the weights; pipe.unload_lora_weights() removes the adapter
 
 # transformers / peft
@@ -77,7 +77,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 # text-to-image (diffusers)
 pipe = HydraPipeline.from_pretrained("{{ repo_id }}")
-image = pipe("{{ prompt }}", num_inference_steps={{ num_inference_steps }}, guidance_scale={{ guidance_scale }}).images[0]
+image = pipe("{{ prompt }}", num_inference_steps={{ num_inference_steps }}{% if guidance_scale is not none %}, guidance_scale={{ guidance_scale }}{% endif %}).images[0]
 
 # image understanding (transformers: stock generate)
 model = AutoModelForImageTextToText.from_pretrained("{{ repo_id }}"{{ subfolder_model }})
@@ -144,7 +144,7 @@ def model_card(
     prompt: str = "a red circle to the left of a blue square",
     question: str = "what color is the circle ?",
     num_inference_steps: int = 30,
-    guidance_scale: float = 5.0,
+    guidance_scale: float | None = 5.0,
     **card_data_kwargs,
 ) -> ModelCard:
     """
@@ -153,7 +153,7 @@ def model_card(
     `library_name`/`pipeline_tag` default by kind; `tags` are added to the HYDRA tags; `training_details` is
     Markdown or a mapping (rendered as a list); `eval_results` (metric -> value) becomes a table. Other keyword
     arguments become YAML metadata (e.g. `language`, `base_model_relation`). `prompt`/`question` go into the usage
-    snippet.
+    snippet, and so does `guidance_scale` unless it is None (the model's own default, `HydraPipeline.sampling_defaults`).
     """
     if kind not in _KINDS:
         raise ValueError(f"Unknown card kind {kind!r}; expected one of {sorted(_KINDS)}")

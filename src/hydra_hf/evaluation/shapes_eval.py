@@ -99,18 +99,26 @@ def evaluate_shapes(
     num_scenes: int = 500,
     seed: int = EVAL_SEED,
     num_inference_steps: int = 30,
-    guidance_scale: float = 5.0,
+    guidance_scale: float | None = None,
     batch_size: int = 50,
     parts: tuple[str, ...] = ("reconstruction", "generation", "vqa"),
     edit_strengths: tuple[float, ...] = (0.3, 0.5, 0.7),
+    pag_scale: float | None = None,
+    pag_applied_layers: list[int] | None = None,
 ) -> ShapesEvaluation:
     """Scores on `num_scenes` scenes (and as many generation prompts) from a seed the training never used.
+    Guidance settings left as None are the model's defaults (`HydraPipeline.sampling_defaults`); the result records
+    the ones used.
 
     The `"editing"` part re-generates each generation prompt's reference scene from its latent noised to each of
     `edit_strengths`: the time at which the scores fall says where along the flow the model loses the scene (late
     times: the shapes' details; early ones: the layout), which the end-to-end scores cannot.
     """
-    settings = {"steps": num_inference_steps, "guidance": guidance_scale}
+    given = {"guidance_scale": guidance_scale, "pag_scale": pag_scale, "pag_applied_layers": pag_applied_layers}
+    sampling = {**pipe.sampling_defaults(), **{name: value for name, value in given.items() if value is not None}}
+    if not sampling["pag_scale"]:
+        sampling.pop("pag_applied_layers")
+    settings = {"steps": num_inference_steps, **sampling}
     result = ShapesEvaluation(num_scenes=num_scenes, seed=seed, settings=settings)
     if "reconstruction" in parts or "vqa" in parts:
         scenes = make_shapes_dataset(num_scenes, seed=seed)
@@ -128,13 +136,14 @@ def evaluate_shapes(
         reference_scenes = generation_scenes(num_scenes, seed=seed)
         specs = [prompt_spec_for(scene) for scene in reference_scenes]
     if "generation" in parts:
-        generated = generate_for_specs(pipe, specs, num_inference_steps, guidance_scale, batch_size, seed)
+        generated = generate_for_specs(pipe, specs, num_inference_steps, batch_size=batch_size, seed=seed, **sampling)
         result.generation = score_generation(generated, specs)
         result.specks_per_image = float(np.mean([count_specks(image) for image in generated]))
     if "editing" in parts:
         references = [render_scene(scene) for scene in reference_scenes]
         for strength in edit_strengths:
-            edited = generate_for_specs(pipe, specs, num_inference_steps, guidance_scale, batch_size, seed, references, strength)
+            edited = generate_for_specs(pipe, specs, num_inference_steps, batch_size=batch_size, seed=seed,
+                                        references=references, strength=strength, **sampling)
             result.editing[str(strength)] = score_generation(edited, specs)["overall"]
     return result
 
@@ -143,19 +152,22 @@ def generate_for_specs(
     pipe: HydraPipeline,
     specs: list,
     num_inference_steps: int = 30,
-    guidance_scale: float = 5.0,
+    guidance_scale: float | None = None,
     batch_size: int = 50,
     seed: int = EVAL_SEED,
     references: list | None = None,
     strength: float = 1.0,
+    pag_scale: float | None = None,
+    pag_applied_layers: list[int] | None = None,
 ) -> list:
     """One seeded image per prompt spec (image i uses seed `seed + i`, whatever the batch size); with `references`
-    (one image per spec), edits of them at `strength` instead."""
+    (one image per spec), edits of them at `strength` instead. Guidance left as None is the model's default."""
     images = []
     for start in tqdm(range(0, len(specs), batch_size), desc="generation", leave=False):
         batch = specs[start : start + batch_size]
         generators = [torch.Generator(pipe.device).manual_seed(seed + start + i) for i in range(len(batch))]
         edit = {} if references is None else {"image": references[start : start + batch_size], "strength": strength}
         images += pipe([spec.prompt for spec in batch], num_inference_steps=num_inference_steps,
-                       guidance_scale=guidance_scale, generator=generators, **edit).images
+                       guidance_scale=guidance_scale, pag_scale=pag_scale, pag_applied_layers=pag_applied_layers,
+                       generator=generators, **edit).images
     return images

@@ -20,6 +20,9 @@ __all__ = ["HydraPipeline"]
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 StepCallback = Callable[[DiffusionPipeline, int, torch.Tensor, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+# Sampling defaults when the model's `generation_config.text_to_image` does not set them (see `sampling_defaults`).
+DEFAULT_GUIDANCE_SCALE = 5.0
+DEFAULT_PAG_SCALE = 0.0
 # Hub arguments `snapshot_download` takes; the rest of `from_pretrained`'s keyword arguments go to the loaders.
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "revision", "token")
 
@@ -32,7 +35,10 @@ class HydraPipeline(DiffusionPipeline):
 
     The prompt runs through the LLM once; its KV cache is then reused at every step, where only the image tokens
     (`noisy latent -> Sem-ViT -> projector + time embedding`) pass through the LLM and the flow head predicts the
-    latent's velocity. Classifier-free guidance runs the unconditional and conditional rows as one batch.
+    latent's velocity. Classifier-free guidance runs the unconditional and conditional rows as one batch, and
+    perturbed-attention guidance (PAG, diffusers' `pag_scale` / `pag_applied_layers`) adds a third block of rows whose
+    tokens attend only to themselves in the chosen LLM layers. A model can ship its own defaults for these in
+    `model.generation_config.text_to_image` (see `sampling_defaults`).
 
     Args:
         model ([`HydraForConditionalGeneration`]): the unified model (LLM, HYDRA-TOK, flow head).
@@ -91,6 +97,26 @@ class HydraPipeline(DiffusionPipeline):
         return self._guidance_scale != 1.0
 
     @property
+    def pag_scale(self) -> float:
+        return self._pag_scale
+
+    @property
+    def do_perturbed_attention_guidance(self) -> bool:
+        return self._pag_scale > 0
+
+    def sampling_defaults(self) -> dict:
+        """`guidance_scale`, `pag_scale` and `pag_applied_layers` when a call leaves them out: the model's own
+        (`model.generation_config.text_to_image`, a dict the checkpoint ships, as Janus keeps its image guidance in
+        its generation config), else CFG 5, no PAG and the middle LLM layer."""
+        own = getattr(self.model.generation_config, "text_to_image", None) or {}
+        defaults = {
+            "guidance_scale": DEFAULT_GUIDANCE_SCALE,
+            "pag_scale": DEFAULT_PAG_SCALE,
+            "pag_applied_layers": [self.model.config.text_config.num_hidden_layers // 2],
+        }
+        return {name: own.get(name, value) for name, value in defaults.items()}
+
+    @property
     def num_timesteps(self) -> int:
         return self._num_timesteps
 
@@ -119,6 +145,8 @@ class HydraPipeline(DiffusionPipeline):
         decoder_num_inference_steps: int | None,
         image=None,
         strength: float = 1.0,
+        pag_scale: float = 0.0,
+        pag_applied_layers: list[int] = (),
     ) -> None:
         """Every bad argument is a `ValueError` that says what was expected, before any model work is done."""
         if isinstance(prompt, str):
@@ -152,6 +180,17 @@ class HydraPipeline(DiffusionPipeline):
             raise ValueError(
                 f"`guidance_scale` must be >= 0 (1 = the conditional model alone, 0 = the unconditional one, > 1 = "
                 f"classifier-free guidance), got {guidance_scale}"
+            )
+        num_layers = self.model.config.text_config.num_hidden_layers
+        if pag_scale < 0:
+            raise ValueError(f"`pag_scale` must be >= 0 (0 = no perturbed-attention guidance), got {pag_scale}")
+        if pag_scale > 0 and (
+            not pag_applied_layers
+            or not all(isinstance(layer, int) and -num_layers <= layer < num_layers for layer in pag_applied_layers)
+        ):
+            raise ValueError(
+                f"`pag_applied_layers` must be a non-empty list of LLM decoder layer indices in [-{num_layers}, "
+                f"{num_layers}) when `pag_scale` > 0, got {pag_applied_layers!r}"
             )
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise ValueError(f"`num_images_per_prompt` must be an integer >= 1, got {num_images_per_prompt!r}")
@@ -201,19 +240,23 @@ class HydraPipeline(DiffusionPipeline):
         do_classifier_free_guidance: bool = True,
         num_images_per_prompt: int = 1,
         device: torch.device | None = None,
+        do_perturbed_attention_guidance: bool = False,
     ) -> tuple[torch.LongTensor, torch.Tensor]:
         """
         Token ids and attention mask of the chat-templated prompts, each repeated `num_images_per_prompt` times. With
         guidance the rows are `[negative; prompt]` (an empty negative prompt is the unconditional prompt the model was
-        trained with), tokenised in one call so both halves share one left-padded length and one prompt cache.
+        trained with), and with perturbed-attention guidance the prompts again after them, tokenised in one call so
+        every block shares one left-padded length and one prompt cache.
         """
         device = device or self._execution_device
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        texts = prompts
+        texts = list(prompts)
         if do_classifier_free_guidance:
             negative_prompt = negative_prompt or ""
             negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
-            texts = negatives + prompts
+            texts = negatives + texts
+        if do_perturbed_attention_guidance:
+            texts += prompts
         inputs = self.processor(text=self.processor.build_generation_prompt(texts))
         input_ids = inputs["input_ids"].repeat_interleave(num_images_per_prompt, dim=0).to(device)
         attention_mask = inputs["attention_mask"].repeat_interleave(num_images_per_prompt, dim=0).to(device)
@@ -250,6 +293,20 @@ class HydraPipeline(DiffusionPipeline):
         clean = clean.repeat_interleave(num_images_per_prompt, dim=0)
         return flow_matching.interpolate(clean, noise, self.scheduler.sigmas[:1].expand(len(noise)))
 
+    def combine_guidance(self, velocities: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The guided velocity from the row blocks `[uncond,] cond[, perturbed]`:
+        `v_uncond + g (v_cond - v_uncond) + pag_scale (v_cond - v_perturbed)`, with the terms whose blocks are absent
+        left out (diffusers' PAG formula)."""
+        velocities = list(velocities)
+        unconditional = velocities.pop(0) if self.do_classifier_free_guidance else None
+        conditional = velocities.pop(0)
+        velocity = conditional
+        if unconditional is not None:
+            velocity = unconditional + self.guidance_scale * (conditional - unconditional)
+        if self.do_perturbed_attention_guidance:
+            velocity = velocity + self.pag_scale * (conditional - velocities.pop(0))
+        return velocity
+
     def _postprocess(self, sample: torch.Tensor, output_type: str):
         """`pil` through the processor; `np` (`[B, H, W, 3]`) and `pt` (`[B, 3, H, W]`) as floats in [0, 1], the
         diffusers convention."""
@@ -267,7 +324,7 @@ class HydraPipeline(DiffusionPipeline):
         height: int | None = None,
         width: int | None = None,
         num_inference_steps: int = 30,
-        guidance_scale: float = 5.0,
+        guidance_scale: float | None = None,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
@@ -279,6 +336,8 @@ class HydraPipeline(DiffusionPipeline):
         use_prompt_cache: bool = True,
         image: PIL.Image.Image | list[PIL.Image.Image] | None = None,
         strength: float = 1.0,
+        pag_scale: float | None = None,
+        pag_applied_layers: list[int] | None = None,
     ) -> ImagePipelineOutput | tuple:
         r"""
         Args:
@@ -287,8 +346,9 @@ class HydraPipeline(DiffusionPipeline):
                 prompt (the model's unconditional training prompt). Unused when `guidance_scale == 1`.
             height, width (`int`, *optional*): multiples of the patch size; default `vision_config.image_size`.
             num_inference_steps (`int`): Euler steps of the latent flow.
-            guidance_scale (`float`): `v = v_uncond + g (v_cond - v_uncond)`, exactly, for any `g >= 0`: 1 skips the
-                unconditional pass (it would not change v), 0 samples the unconditional model, > 1 guides.
+            guidance_scale (`float`, *optional*): `v = v_uncond + g (v_cond - v_uncond)`, exactly, for any `g >= 0`: 1
+                skips the unconditional pass (it would not change v), 0 samples the unconditional model, > 1 guides.
+                Default: the model's (`sampling_defaults`), else 5.
             num_images_per_prompt (`int`): images per prompt.
             generator (`torch.Generator` or a list, one per image): seeds the latent noise and the decoder's noise.
             latents (`[B * num_images_per_prompt, C, H / p, W / p]`, *optional*): starting noise in the normalised
@@ -308,6 +368,12 @@ class HydraPipeline(DiffusionPipeline):
             strength (`float`): with `image`, in (0, 1]: the last `round(strength * num_inference_steps)` steps of
                 the schedule run, from the image's latent noised to the schedule's time there (`strength` itself
                 with no shift and a whole number of steps), as diffusers' img2img pipelines do.
+            pag_scale (`float`, *optional*): perturbed-attention guidance, as diffusers' PAG pipelines:
+                `v += pag_scale * (v_cond - v_perturbed)`, where the perturbed velocity is the conditional one with
+                every token attending only to itself in `pag_applied_layers`. 0 turns it off (no extra rows).
+                Default: the model's (`sampling_defaults`), else 0.
+            pag_applied_layers (`list[int]`, *optional*): LLM decoder layers PAG perturbs. Default: the model's, else
+                the middle layer.
 
         Returns:
             [`ImagePipelineOutput`] with `images`, or `(images,)` when `return_dict=False`.
@@ -317,6 +383,10 @@ class HydraPipeline(DiffusionPipeline):
         vision_config = self.model.vision_model.config
         height = height or vision_config.image_size
         width = width or vision_config.image_size
+        defaults = self.sampling_defaults()
+        guidance_scale = defaults["guidance_scale"] if guidance_scale is None else guidance_scale
+        pag_scale = defaults["pag_scale"] if pag_scale is None else pag_scale
+        pag_applied_layers = defaults["pag_applied_layers"] if pag_applied_layers is None else list(pag_applied_layers)
 
         # 1. Check inputs
         self.check_inputs(
@@ -334,17 +404,29 @@ class HydraPipeline(DiffusionPipeline):
             decoder_num_inference_steps,
             image,
             strength,
+            pag_scale,
+            pag_applied_layers,
         )
         self._guidance_scale = guidance_scale
+        self._pag_scale = pag_scale
         self._interrupt = False
         batch_size = 1 if isinstance(prompt, str) else len(prompt)
         device = self._execution_device
 
         # 2. Prompts: tokenised once, run through the LLM once
         input_ids, attention_mask = self.encode_prompt(
-            prompt, negative_prompt, self.do_classifier_free_guidance, num_images_per_prompt, device
+            prompt, negative_prompt, self.do_classifier_free_guidance, num_images_per_prompt, device,
+            self.do_perturbed_attention_guidance,
         )
-        prompt_cache = self.model.prepare_prompt_cache(input_ids, attention_mask) if use_prompt_cache else None
+        # Row blocks of every model call: [unconditional;] conditional[; perturbed conditional]
+        num_blocks = 1 + self.do_classifier_free_guidance + self.do_perturbed_attention_guidance
+        perturbed_rows = None
+        if self.do_perturbed_attention_guidance:
+            perturbed_rows = torch.zeros(len(input_ids), dtype=torch.bool, device=device)
+            perturbed_rows[len(input_ids) - len(input_ids) // num_blocks :] = True
+        prompt_cache = None
+        if use_prompt_cache:
+            prompt_cache = self.model.prepare_prompt_cache(input_ids, attention_mask, perturbed_rows, pag_applied_layers)
 
         # 3. Timesteps: the model's schedule, times 1 ... 1/N before the shift, which the scheduler applies; an image
         # to edit starts at the schedule's last `strength` share
@@ -373,17 +455,16 @@ class HydraPipeline(DiffusionPipeline):
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     break
-                model_input = torch.cat([latents, latents]) if self.do_classifier_free_guidance else latents
                 velocity = self.model.flow_velocity(
-                    model_input,
+                    latents.repeat(num_blocks, 1, 1, 1),
                     t / self.scheduler.config.num_train_timesteps,
                     prompt_cache=prompt_cache,
                     input_ids=input_ids,
                     attention_mask=attention_mask,
+                    perturbed_rows=perturbed_rows,
+                    perturbed_layers=pag_applied_layers,
                 )
-                if self.do_classifier_free_guidance:
-                    velocity_uncond, velocity_cond = velocity.chunk(2)
-                    velocity = velocity_uncond + self.guidance_scale * (velocity_cond - velocity_uncond)
+                velocity = self.combine_guidance(velocity.chunk(num_blocks))
                 latents = self.scheduler.step(velocity, t, latents, generator=generator, return_dict=False)[0]
 
                 if callback_on_step_end is not None:

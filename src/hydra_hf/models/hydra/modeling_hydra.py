@@ -7,6 +7,8 @@ to understand the latent is the clean GSB mean; for an image to generate it is t
 embedding is added to its tokens. Text attends causally; the tokens of one image attend to each other both ways.
 """
 
+from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -75,6 +77,39 @@ class HydraPromptCache:
     @property
     def length(self) -> int:
         return self.attention_mask.shape[1]
+
+
+@contextmanager
+def identity_attention(language_model: nn.Module, layers: Sequence[int], rows: torch.Tensor | None):
+    """Perturbed-attention guidance's perturbation (PAG, Ahn et al. 2024): in the LLM decoder `layers`, the tokens of
+    the batch rows `rows` (`[B]` bool) attend to themselves only, so a token's attention output is its own value
+    projection. Other rows are untouched; the hooks go when the context ends. A no-op without rows or layers.
+
+    The attention still runs and its output is replaced, which keeps the layer's KV cache as usual and works for any
+    LLaMA-style attention (`v_proj`, `o_proj`, grouped key-value heads) whatever attention implementation it uses.
+    """
+    if rows is None or not layers or not bool(rows.any()):
+        yield
+        return
+    decoder_layers = language_model.layers
+    unknown = [index for index in layers if not -len(decoder_layers) <= index < len(decoder_layers)]
+    if unknown:
+        raise ValueError(f"the LLM has {len(decoder_layers)} decoder layers; cannot perturb layers {unknown}")
+
+    def replace_rows(attention, args, kwargs, output):
+        hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        values = attention.v_proj(hidden_states[rows]).unflatten(-1, (-1, attention.head_dim))
+        values = values.repeat_interleave(attention.num_key_value_groups, dim=-2).flatten(-2)
+        attention_output = output[0].clone()
+        attention_output[rows] = attention.o_proj(values).to(attention_output.dtype)
+        return (attention_output, *output[1:])
+
+    handles = [decoder_layers[index].self_attn.register_forward_hook(replace_rows, with_kwargs=True) for index in layers]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class HydraProjector(nn.Module):
@@ -372,6 +407,9 @@ class HydraForConditionalGeneration(HydraPreTrainedModel, GenerationMixin):
         self.post_init()
         # The image placeholder only ever marks where visual tokens go: text generation must not produce it.
         self.generation_config.suppress_tokens = [config.image_token_id]
+        # A generation config marked as derived from the model config is reloaded without its extra attributes,
+        # which would drop the text-to-image defaults (`text_to_image`, read by `HydraPipeline.sampling_defaults`).
+        self.generation_config._from_model_config = False
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
@@ -461,14 +499,22 @@ class HydraForConditionalGeneration(HydraPreTrainedModel, GenerationMixin):
     # Sampling does not go through `forward`; `apply_forward_hook` lets accelerate's offload hooks move the model.
     @torch.no_grad()
     @apply_forward_hook
-    def prepare_prompt_cache(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> HydraPromptCache:
-        """Run the (left-padded) prompts once; every sampling step then only feeds the image tokens."""
+    def prepare_prompt_cache(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        perturbed_rows: torch.Tensor | None = None,
+        perturbed_layers: Sequence[int] = (),
+    ) -> HydraPromptCache:
+        """Run the (left-padded) prompts once; every sampling step then only feeds the image tokens. Perturbed rows
+        (see `flow_velocity`) get their prompt run with identity attention too."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        outputs = self.model.language_model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True
-        )
+        with identity_attention(self.model.language_model, perturbed_layers, perturbed_rows):
+            outputs = self.model.language_model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True
+            )
         return HydraPromptCache(
             cache=outputs.cache, attention_mask=attention_mask, next_position_ids=position_ids[:, -1:] + 1
         )
@@ -481,11 +527,16 @@ class HydraForConditionalGeneration(HydraPreTrainedModel, GenerationMixin):
         prompt_cache: HydraPromptCache | None = None,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        perturbed_rows: torch.Tensor | None = None,
+        perturbed_layers: Sequence[int] = (),
     ) -> torch.Tensor:
         """Velocity `[B, C, h, w]` of normalised latents at time t given prompts ending in begin-of-image.
 
         With `prompt_cache` (from `prepare_prompt_cache`) only the image tokens run through the LLM and the cache is
         cropped back afterwards, so one cache serves every step; otherwise the prompt is re-run (`input_ids`).
+        `perturbed_rows` (`[B]` bool) get identity attention in the LLM layers `perturbed_layers`
+        (`identity_attention`): the perturbed velocity of perturbed-attention guidance. Their prompt cache must come
+        from `prepare_prompt_cache` with the same perturbation.
         """
         batch, _, height, width = latents.shape
         num_tokens = height * width
@@ -514,9 +565,11 @@ class HydraForConditionalGeneration(HydraPreTrainedModel, GenerationMixin):
         query_is_image = torch.zeros(batch, inputs_embeds.shape[1], dtype=torch.bool, device=latents.device)
         query_is_image[:, -num_tokens:] = True
         mask = self.model.block_causal_mask(inputs_embeds, full_mask, cache, positions, query_is_image)
-        hidden = self.model.language_model(
-            inputs_embeds=inputs_embeds.to(self.dtype), attention_mask=mask, position_ids=positions, cache=cache, use_cache=cache is not None
-        ).last_hidden_state[:, -num_tokens:]
+        with identity_attention(self.model.language_model, perturbed_layers, perturbed_rows):
+            hidden = self.model.language_model(
+                inputs_embeds=inputs_embeds.to(self.dtype), attention_mask=mask, position_ids=positions, cache=cache,
+                use_cache=cache is not None,
+            ).last_hidden_state[:, -num_tokens:]
         if cache is not None:
             cache.crop(-(cache.get_seq_length() - prompt_length))
         velocity = self.flow_head(hidden, time_embeds)
