@@ -75,7 +75,8 @@ def main() -> None:
     parser.add_argument("--max_steps", type=int, default=900, help="LoRA steps")
     parser.add_argument("--decoder_steps", type=int, default=600, help="decoder refinement steps")
     parser.add_argument("--steps", type=int, default=30, help="sampling steps")
-    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--guidance", type=float, help="CFG scale (default: the model's)")
+    parser.add_argument("--pag_scale", type=float, help="perturbed-attention guidance scale (default: the model's)")
     args = parser.parse_args()
     model = resolve_model(args.model)
     data, adapter, decoder = args.work_dir / "data", args.work_dir / "adapter", args.work_dir / "decoder"
@@ -99,14 +100,17 @@ def main() -> None:
         refine_decoder(pipe, load_from_disk(str(data)), decoder, args.decoder_steps)
 
     def score() -> dict[str, float]:
-        return pink_scores(generate_for_specs(pipe, specs, args.steps, args.guidance, batch_size=30), specs)
+        images = generate_for_specs(pipe, specs, args.steps, args.guidance, batch_size=30, pag_scale=args.pag_scale)
+        return pink_scores(images, specs)
 
     columns = {"base": score()}
     pipe.load_lora_weights(str(adapter))
     columns["LoRA"] = score()
     pipe.model.vision_model.decoder.load_state_dict(HydraTokModel.from_pretrained(decoder).decoder.state_dict())
     columns["LoRA + refined decoder"] = score()
-    print(f"{len(specs)} prompts naming pink (seed {EVAL_SEED + 1}); {args.steps} steps, guidance {args.guidance}\n")
+    given = {"guidance_scale": args.guidance, "pag_scale": args.pag_scale}
+    sampling = {**pipe.sampling_defaults(), **{name: value for name, value in given.items() if value is not None}}
+    print(f"{len(specs)} prompts naming pink (seed {EVAL_SEED + 1}); {args.steps} steps, {sampling}\n")
     print("| score | " + " | ".join(columns) + " |\n|---|" + "---:|" * len(columns))
     for name in columns["base"]:
         print(f"| {name} | " + " | ".join(f"{scores[name]:.3f}" for scores in columns.values()) + " |")
