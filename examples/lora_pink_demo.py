@@ -108,8 +108,7 @@ def main() -> None:
     columns["LoRA"] = score()
     pipe.model.vision_model.decoder.load_state_dict(HydraTokModel.from_pretrained(decoder).decoder.state_dict())
     columns["LoRA + refined decoder"] = score()
-    given = {"guidance_scale": args.guidance, "pag_scale": args.pag_scale}
-    sampling = {**pipe.sampling_defaults(), **{name: value for name, value in given.items() if value is not None}}
+    sampling = pipe.guidance_settings(args.guidance, args.pag_scale)
     print(f"{len(specs)} prompts naming pink (seed {EVAL_SEED + 1}); {args.steps} steps, {sampling}\n")
     print("| score | " + " | ".join(columns) + " |\n|---|" + "---:|" * len(columns))
     for name in columns["base"]:

@@ -103,7 +103,9 @@ def test_get_peft_model_adapts_the_llm_only_and_trains_the_heads_in_full():
     wrapped = {
         name.rsplit(".", 1)[-1] for name, module in base.named_modules() if isinstance(module, ModulesToSaveWrapper)
     }
-    assert wrapped == set(HEAD_MODULES)
+    assert wrapped == set(HEAD_MODULES) - {"repa_head"}  # this model has no REPA head
+    with_repa = get_peft_model(tiny_hydra(repa_weight=0.5), hydra_lora_config()).get_base_model()
+    assert isinstance(with_repa.repa_head, ModulesToSaveWrapper)
     # The stage patterns select exactly what peft made trainable (so HydraTrainer's stage and peft agree).
     patterns = [re.compile(p) for p in lora_trainable_patterns()]
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}

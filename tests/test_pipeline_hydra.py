@@ -205,7 +205,7 @@ def test_perturbed_attention_guidance_adds_a_block_of_rows_and_follows_diffusers
 
 def test_guidance_defaults_come_from_the_models_generation_config_and_survive_saving(pipe, tmp_path):
     prompts = [PROMPT, "a blue circle"]
-    assert pipe.sampling_defaults() == {"guidance_scale": 5.0, "pag_scale": 0.0, "pag_applied_layers": [1]}
+    assert pipe.guidance_settings() == {"guidance_scale": 5.0, "pag_scale": 0.0, "pag_applied_layers": [1]}
     own = {"guidance_scale": 2.0, "pag_scale": 4.0, "pag_applied_layers": [0]}
     pipe.model.generation_config.text_to_image = own
     explicit = run(pipe, prompts, output_type="latent", **own)
@@ -214,7 +214,8 @@ def test_guidance_defaults_come_from_the_models_generation_config_and_survive_sa
     pipe.model.save_pretrained(tmp_path)
     pipe.processor.save_pretrained(tmp_path)
     reloaded = HydraPipeline.from_pretrained(tmp_path)
-    assert reloaded.sampling_defaults() == own
+    assert reloaded.guidance_settings() == own
+    assert reloaded.guidance_settings(pag_scale=0.0, pag_applied_layers=(1,)) == {**own, "pag_scale": 0.0, "pag_applied_layers": [1]}
 
 
 def test_the_prompt_runs_once_and_is_tokenised_once(pipe, monkeypatch):

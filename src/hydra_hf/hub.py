@@ -153,7 +153,7 @@ def model_card(
     `library_name`/`pipeline_tag` default by kind; `tags` are added to the HYDRA tags; `training_details` is
     Markdown or a mapping (rendered as a list); `eval_results` (metric -> value) becomes a table. Other keyword
     arguments become YAML metadata (e.g. `language`, `base_model_relation`). `prompt`/`question` go into the usage
-    snippet, and so does `guidance_scale` unless it is None (the model's own default, `HydraPipeline.sampling_defaults`).
+    snippet, and so does `guidance_scale` unless it is None (the model's own default, `HydraPipeline.guidance_settings`).
     """
     if kind not in _KINDS:
         raise ValueError(f"Unknown card kind {kind!r}; expected one of {sorted(_KINDS)}")

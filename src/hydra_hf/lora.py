@@ -41,8 +41,9 @@ LORA_TARGETS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 # Sem-ViT only: Gen-ViT, the GSB and the pixel decoder fix the latent space and stay frozen (as in stages I-III).
 _SEM_VIT = r"model\.vision_model\.sem_vit\.layers\.\d+\.(?:attn\.(?:qkv|proj)|mlp\.(?:fc1|fc2))"
-# Trained in full and saved with the adapter (peft matches these names as module-name suffixes).
-HEAD_MODULES = ("flow_head", "projector", "time_embedding")
+# Trained in full and saved with the adapter (peft matches these names as module-name suffixes and skips those a
+# model lacks: `repa_head` exists only when `HydraConfig.repa_weight` > 0, and its loss still runs under LoRA).
+HEAD_MODULES = ("flow_head", "projector", "time_embedding", "repa_head")
 _FUSE_SCALING = "_hydra_scaling_before_fuse"
 # Download arguments, which `load_adapter` takes in `adapter_kwargs`.
 _HUB_KWARGS = ("token", "revision", "cache_dir", "force_download", "proxies", "subfolder")

@@ -107,15 +107,14 @@ def evaluate_shapes(
     pag_applied_layers: list[int] | None = None,
 ) -> ShapesEvaluation:
     """Scores on `num_scenes` scenes (and as many generation prompts) from a seed the training never used.
-    Guidance settings left as None are the model's defaults (`HydraPipeline.sampling_defaults`); the result records
+    Guidance settings left as None are the model's defaults (`HydraPipeline.guidance_settings`); the result records
     the ones used.
 
     The `"editing"` part re-generates each generation prompt's reference scene from its latent noised to each of
     `edit_strengths`: the time at which the scores fall says where along the flow the model loses the scene (late
     times: the shapes' details; early ones: the layout), which the end-to-end scores cannot.
     """
-    given = {"guidance_scale": guidance_scale, "pag_scale": pag_scale, "pag_applied_layers": pag_applied_layers}
-    sampling = {**pipe.sampling_defaults(), **{name: value for name, value in given.items() if value is not None}}
+    sampling = pipe.guidance_settings(guidance_scale, pag_scale, pag_applied_layers)
     if not sampling["pag_scale"]:
         sampling.pop("pag_applied_layers")
     settings = {"steps": num_inference_steps, **sampling}

@@ -20,7 +20,7 @@ __all__ = ["HydraPipeline"]
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 StepCallback = Callable[[DiffusionPipeline, int, torch.Tensor, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
-# Sampling defaults when the model's `generation_config.text_to_image` does not set them (see `sampling_defaults`).
+# Sampling defaults when the model's `generation_config.text_to_image` does not set them (see `guidance_settings`).
 DEFAULT_GUIDANCE_SCALE = 5.0
 DEFAULT_PAG_SCALE = 0.0
 # Hub arguments `snapshot_download` takes; the rest of `from_pretrained`'s keyword arguments go to the loaders.
@@ -38,7 +38,7 @@ class HydraPipeline(DiffusionPipeline):
     latent's velocity. Classifier-free guidance runs the unconditional and conditional rows as one batch, and
     perturbed-attention guidance (PAG, diffusers' `pag_scale` / `pag_applied_layers`) adds a third block of rows whose
     tokens attend only to themselves in the chosen LLM layers. A model can ship its own defaults for these in
-    `model.generation_config.text_to_image` (see `sampling_defaults`).
+    `model.generation_config.text_to_image` (see `guidance_settings`).
 
     Args:
         model ([`HydraForConditionalGeneration`]): the unified model (LLM, HYDRA-TOK, flow head).
@@ -104,17 +104,22 @@ class HydraPipeline(DiffusionPipeline):
     def do_perturbed_attention_guidance(self) -> bool:
         return self._pag_scale > 0
 
-    def sampling_defaults(self) -> dict:
-        """`guidance_scale`, `pag_scale` and `pag_applied_layers` when a call leaves them out: the model's own
-        (`model.generation_config.text_to_image`, a dict the checkpoint ships, as Janus keeps its image guidance in
-        its generation config), else CFG 5, no PAG and the middle LLM layer."""
+    def guidance_settings(
+        self, guidance_scale: float | None = None, pag_scale: float | None = None, pag_applied_layers=None
+    ) -> dict:
+        """`guidance_scale`, `pag_scale` and `pag_applied_layers` as a call uses them: those given, else the model's
+        own (`model.generation_config.text_to_image`, a dict the checkpoint ships, as Janus keeps its image guidance
+        in its generation config), else CFG 5, no PAG and the middle LLM layer."""
         own = getattr(self.model.generation_config, "text_to_image", None) or {}
-        defaults = {
-            "guidance_scale": DEFAULT_GUIDANCE_SCALE,
-            "pag_scale": DEFAULT_PAG_SCALE,
-            "pag_applied_layers": [self.model.config.text_config.num_hidden_layers // 2],
+        settings = {
+            "guidance_scale": own.get("guidance_scale", DEFAULT_GUIDANCE_SCALE),
+            "pag_scale": own.get("pag_scale", DEFAULT_PAG_SCALE),
+            "pag_applied_layers": own.get("pag_applied_layers", [self.model.config.text_config.num_hidden_layers // 2]),
         }
-        return {name: own.get(name, value) for name, value in defaults.items()}
+        given = {"guidance_scale": guidance_scale, "pag_scale": pag_scale, "pag_applied_layers": pag_applied_layers}
+        settings.update({name: value for name, value in given.items() if value is not None})
+        settings["pag_applied_layers"] = list(settings["pag_applied_layers"])
+        return settings
 
     @property
     def num_timesteps(self) -> int:
@@ -348,7 +353,7 @@ class HydraPipeline(DiffusionPipeline):
             num_inference_steps (`int`): Euler steps of the latent flow.
             guidance_scale (`float`, *optional*): `v = v_uncond + g (v_cond - v_uncond)`, exactly, for any `g >= 0`: 1
                 skips the unconditional pass (it would not change v), 0 samples the unconditional model, > 1 guides.
-                Default: the model's (`sampling_defaults`), else 5.
+                Default: the model's (`guidance_settings`), else 5.
             num_images_per_prompt (`int`): images per prompt.
             generator (`torch.Generator` or a list, one per image): seeds the latent noise and the decoder's noise.
             latents (`[B * num_images_per_prompt, C, H / p, W / p]`, *optional*): starting noise in the normalised
@@ -371,7 +376,7 @@ class HydraPipeline(DiffusionPipeline):
             pag_scale (`float`, *optional*): perturbed-attention guidance, as diffusers' PAG pipelines:
                 `v += pag_scale * (v_cond - v_perturbed)`, where the perturbed velocity is the conditional one with
                 every token attending only to itself in `pag_applied_layers`. 0 turns it off (no extra rows).
-                Default: the model's (`sampling_defaults`), else 0.
+                Default: the model's (`guidance_settings`), else 0.
             pag_applied_layers (`list[int]`, *optional*): LLM decoder layers PAG perturbs. Default: the model's, else
                 the middle layer.
 
@@ -383,10 +388,9 @@ class HydraPipeline(DiffusionPipeline):
         vision_config = self.model.vision_model.config
         height = height or vision_config.image_size
         width = width or vision_config.image_size
-        defaults = self.sampling_defaults()
-        guidance_scale = defaults["guidance_scale"] if guidance_scale is None else guidance_scale
-        pag_scale = defaults["pag_scale"] if pag_scale is None else pag_scale
-        pag_applied_layers = defaults["pag_applied_layers"] if pag_applied_layers is None else list(pag_applied_layers)
+        guidance = self.guidance_settings(guidance_scale, pag_scale, pag_applied_layers)
+        guidance_scale, pag_scale = guidance["guidance_scale"], guidance["pag_scale"]
+        pag_applied_layers = guidance["pag_applied_layers"]
 
         # 1. Check inputs
         self.check_inputs(

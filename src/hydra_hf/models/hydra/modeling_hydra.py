@@ -408,7 +408,7 @@ class HydraForConditionalGeneration(HydraPreTrainedModel, GenerationMixin):
         # The image placeholder only ever marks where visual tokens go: text generation must not produce it.
         self.generation_config.suppress_tokens = [config.image_token_id]
         # A generation config marked as derived from the model config is reloaded without its extra attributes,
-        # which would drop the text-to-image defaults (`text_to_image`, read by `HydraPipeline.sampling_defaults`).
+        # which would drop the text-to-image defaults (`text_to_image`, read by `HydraPipeline.guidance_settings`).
         self.generation_config._from_model_config = False
 
     def get_input_embeddings(self):
