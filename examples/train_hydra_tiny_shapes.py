@@ -218,7 +218,10 @@ def latent_statistics(tokenizer_model: HydraTokModel, dataset, image_processor, 
     return means.mean(dim=(0, 2, 3)).tolist(), means.std(dim=(0, 2, 3)).tolist()
 
 
-def assemble(work_dir: Path, dataset, tokenizer, tokenizer_path: Path, llm_path: Path, repa_weight: float = 0.0) -> Path:
+def assemble(
+    work_dir: Path, dataset, tokenizer, tokenizer_path: Path, llm_path: Path, repa_weight: float = 0.0,
+    timestep_logit_mean: float = 0.0,
+) -> Path:
     output = work_dir / "assembled"
     if output.exists():
         return output
@@ -230,6 +233,7 @@ def assemble(work_dir: Path, dataset, tokenizer, tokenizer_path: Path, llm_path:
         text_config=llm.config.to_dict(), vision_config={**vision.config.to_dict(), "latents_mean": mean, "latents_std": std},
         image_token_id=tokenizer.image_token_id, boi_token_id=tokenizer.boi_token_id, eoi_token_id=tokenizer.eoi_token_id,
         flow_head_hidden_size=256, flow_head_num_layers=3, repa_weight=repa_weight,
+        timestep_logit_mean=timestep_logit_mean,
     )
     torch.manual_seed(TRAIN_SEED)
     model = HydraForConditionalGeneration(config)
@@ -284,6 +288,11 @@ def main() -> None:
         "--ema_decay", type=float, default=None,
         help="keep an EMA of the weights in the unified stages (0.9995 with --repa_weight 0.5: GenEval-style 0.168)",
     )
+    parser.add_argument(
+        "--timestep_logit_mean", type=float, default=0.0,
+        help="centre of the unified stages' logit-normal flow times (HydraConfig.timestep_logit_mean); > 0 trains the "
+             "noisy times, where the prompt decides the layout, more often",
+    )
     args = parser.parse_args()
     if args.stage_ii_cycles < 1:
         parser.error(f"--stage_ii_cycles must be at least 1, got {args.stage_ii_cycles}")
@@ -305,7 +314,8 @@ def main() -> None:
     logger.info("3. HYDRA-TOK stages 1-2")
     tokenizer_path = train_tokenizer(args.work_dir, pretrain_dataset, semantic_vit, args.scale)
     logger.info("4. unified stages I-III")
-    current = assemble(args.work_dir, pretrain_dataset, tokenizer, tokenizer_path, llm, args.repa_weight)
+    current = assemble(args.work_dir, pretrain_dataset, tokenizer, tokenizer_path, llm, args.repa_weight,
+                       args.timestep_logit_mean)
     current = train_unified(args.work_dir, dataset, current, "I", args.scale, 0.5, ema_decay=args.ema_decay)
     for cycle in range(1, args.stage_ii_cycles + 1):
         current = train_unified(args.work_dir, dataset, current, "II", args.scale, 0.5, cycle, args.ema_decay)
@@ -316,6 +326,7 @@ def main() -> None:
     HydraProcessor.from_pretrained(current).save_pretrained(final)
     recipe = {"stages": STAGES, "scale": args.scale, "scenes": args.num_scenes, "pretrain_scenes": args.num_pretrain_scenes,
               "stage_ii_cycles": args.stage_ii_cycles, "repa_weight": args.repa_weight, "ema_decay": args.ema_decay,
+              "timestep_logit_mean": args.timestep_logit_mean,
               "seed": TRAIN_SEED}
     (final / "training_recipe.json").write_text(json.dumps(recipe, indent=2))
     logger.info(f"done: {final}")
