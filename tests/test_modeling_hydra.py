@@ -12,7 +12,6 @@ from transformers import (
 
 import hydra_hf  # noqa: F401  (registers the Auto classes)
 from hydra_hf import HydraConfig, HydraForConditionalGeneration, HydraModel, HydraProcessor, HydraTokConfig
-
 from hydra_hf.models.hydra.modeling_hydra import identity_attention
 
 from .utils import random_pixels, tiny_config, tiny_hydra, tiny_processor
