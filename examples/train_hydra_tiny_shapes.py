@@ -291,7 +291,8 @@ def main() -> None:
     parser.add_argument(
         "--timestep_logit_mean", type=float, default=0.0,
         help="centre of the unified stages' logit-normal flow times (HydraConfig.timestep_logit_mean); > 0 trains the "
-             "noisy times, where the prompt decides the layout, more often",
+             "noisy times, where the prompt decides the layout, more often (0.8: GenEval-style 0.212 at guidance 5, "
+             "27 specks per image: README, ninth round)",
     )
     args = parser.parse_args()
     if args.stage_ii_cycles < 1:
