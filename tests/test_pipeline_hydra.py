@@ -337,6 +337,7 @@ def test_model_cpu_offload_matches_the_model_on_the_accelerator(pipe):
         (dict(pag_scale=-1.0), r"`pag_scale` must be >= 0 \(0 = no perturbed-attention guidance\), got -1\.0"),
         (dict(pag_scale=1.0, pag_applied_layers=[2]), r"decoder layer indices in \[-2, 2\) when `pag_scale` > 0, got \[2\]"),
         (dict(pag_scale=1.0, pag_applied_layers=[]), r"`pag_applied_layers` must be a non-empty list"),
+        (dict(pag_scale=1.0, pag_applied_layers=1), r"`pag_applied_layers` must be a non-empty list .*got 1"),
         (dict(decoder_num_inference_steps=0), r"decoder_num_inference_steps` must be an integer >= 1"),
         (dict(num_images_per_prompt=0), r"num_images_per_prompt` must be an integer >= 1"),
         (dict(negative_prompt=["x", "y", "z"]), r"list of 2 string\(s\), one per prompt"),

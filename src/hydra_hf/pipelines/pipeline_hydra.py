@@ -105,7 +105,10 @@ class HydraPipeline(DiffusionPipeline):
         return self._pag_scale > 0
 
     def guidance_settings(
-        self, guidance_scale: float | None = None, pag_scale: float | None = None, pag_applied_layers=None
+        self,
+        guidance_scale: float | None = None,
+        pag_scale: float | None = None,
+        pag_applied_layers: list[int] | tuple[int, ...] | None = None,
     ) -> dict:
         """`guidance_scale`, `pag_scale` and `pag_applied_layers` as a call uses them: those given, else the model's
         own (`model.generation_config.text_to_image`, a dict the checkpoint ships, as Janus keeps its image guidance
@@ -118,7 +121,8 @@ class HydraPipeline(DiffusionPipeline):
         }
         given = {"guidance_scale": guidance_scale, "pag_scale": pag_scale, "pag_applied_layers": pag_applied_layers}
         settings.update({name: value for name, value in given.items() if value is not None})
-        settings["pag_applied_layers"] = list(settings["pag_applied_layers"])
+        if isinstance(settings["pag_applied_layers"], tuple):
+            settings["pag_applied_layers"] = list(settings["pag_applied_layers"])
         return settings
 
     @property
@@ -190,7 +194,8 @@ class HydraPipeline(DiffusionPipeline):
         if pag_scale < 0:
             raise ValueError(f"`pag_scale` must be >= 0 (0 = no perturbed-attention guidance), got {pag_scale}")
         if pag_scale > 0 and (
-            not pag_applied_layers
+            not isinstance(pag_applied_layers, list)
+            or not pag_applied_layers
             or not all(isinstance(layer, int) and -num_layers <= layer < num_layers for layer in pag_applied_layers)
         ):
             raise ValueError(
