@@ -29,11 +29,14 @@ def eval_table(scores: dict) -> dict[str, float]:
     return table
 
 
-def install_sampling_defaults(settings: dict) -> dict:
+def install_generation_defaults(settings: dict) -> dict:
     """Write the guidance of the scored run into the installed generation config, so that the pipeline, `hydra-hf`
-    and the card's figures agree without anyone passing it."""
+    and the card's figures agree without anyone passing it; and turn the KV cache back on for `generate`, which
+    `Trainer` switched off in the model config (`TrainingArguments.use_cache` is False) that the generation config
+    was derived from."""
     defaults = {name: settings[name] for name in ("guidance_scale", "pag_scale", "pag_applied_layers") if name in settings}
     config = GenerationConfig.from_pretrained(ASSET)
+    config.use_cache = True
     config.text_to_image = defaults
     config._from_model_config = False  # otherwise the extra attribute is dropped on load
     config.save_pretrained(ASSET)
@@ -56,7 +59,7 @@ def main() -> None:
             if file.name not in SKIP:
                 shutil.copy2(file, ASSET / file.name)
     recipe = json.loads((args.model / "training_recipe.json").read_text())
-    sampling = install_sampling_defaults(scores["settings"])
+    sampling = install_generation_defaults(scores["settings"])
     card = model_card(
         model_name="hydra-tiny-shapes",
         datasets=["synthetic shapes world (hydra_hf.data.shapes)"],
