@@ -327,8 +327,7 @@ def main() -> None:
     HydraProcessor.from_pretrained(current).save_pretrained(final)
     recipe = {"stages": STAGES, "scale": args.scale, "scenes": args.num_scenes, "pretrain_scenes": args.num_pretrain_scenes,
               "stage_ii_cycles": args.stage_ii_cycles, "repa_weight": args.repa_weight, "ema_decay": args.ema_decay,
-              "timestep_logit_mean": args.timestep_logit_mean,
-              "seed": TRAIN_SEED}
+              "timestep_logit_mean": args.timestep_logit_mean, "seed": TRAIN_SEED}
     (final / "training_recipe.json").write_text(json.dumps(recipe, indent=2))
     logger.info(f"done: {final}")
 

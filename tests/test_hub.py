@@ -514,6 +514,10 @@ def test_cards_render_metadata_usage_and_eval_table():
     assert 'HydraPipeline.from_pretrained("user/hydra-tiny")' in text and "AutoModelForImageTextToText" in text
     assert "| GenEval overall | 0.5 |" in text and "- **steps**: 10" in text
 
+    assert "num_inference_steps=30, guidance_scale=5.0).images[0]" in text
+    # None leaves guidance to the model's own defaults (its generation config): the snippet passes none.
+    assert "num_inference_steps=30).images[0]" in str(model_card("user/m", guidance_scale=None))
+
     pipeline_text = str(model_card("user/p", kind="pipeline"))
     assert 'subfolder="model"' in pipeline_text and "## Evaluation" not in pipeline_text
 
