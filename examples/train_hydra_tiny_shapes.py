@@ -65,8 +65,8 @@ VISION = dict(
     decoder_hidden_size=128, decoder_num_layers=4, decoder_num_attention_heads=4, decoder_intermediate_size=512,
     decoder_num_inference_steps=10, distillation_layers=[2, 4, 6, 8], perceptual_weight=0.0,
 )
-LLM = dict(hidden_size=192, intermediate_size=576, num_hidden_layers=4, num_attention_heads=6, num_key_value_heads=2,
-           max_position_embeddings=256, tie_word_embeddings=True)
+LLM = dict(hidden_size=192, num_hidden_layers=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)
+LLM_HEAD_DIM = 32  # heads and MLP follow the width: hidden_size / 32 heads, a 3x MLP
 # (steps, batch size, learning rate) per stage at --scale 1.
 STAGES = {
     "semantic_vit": (800, 64, 1e-3),
@@ -162,13 +162,14 @@ def world_texts(dataset) -> list[str]:
     return chats + [f"<|im_start|>user\n{row['caption']}<|im_end|>" for row in rows]
 
 
-def pretrain_llm(work_dir: Path, dataset, tokenizer, scale: float) -> Path:
+def pretrain_llm(work_dir: Path, dataset, tokenizer, scale: float, size: dict) -> Path:
     output = work_dir / "llm" / "final"
     if output.exists():
         return output
     torch.manual_seed(TRAIN_SEED)
     config = Qwen2Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), **LLM)
+                         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), **size,
+                         num_attention_heads=size["hidden_size"] // LLM_HEAD_DIM, intermediate_size=3 * size["hidden_size"])
     model = Qwen2ForCausalLM(config)
     texts = world_texts(dataset)
     encoded = [tokenizer(text)["input_ids"] for text in texts]
@@ -294,7 +295,11 @@ def main() -> None:
              "noisy times, where the prompt decides the layout, more often (0.8: GenEval-style 0.212 at guidance 5, "
              "27 specks per image: README, ninth round)",
     )
+    parser.add_argument("--llm_hidden_size", type=int, default=LLM["hidden_size"], help="width of the LLM (multiple of 32)")
+    parser.add_argument("--llm_num_layers", type=int, default=LLM["num_hidden_layers"], help="decoder layers of the LLM")
     args = parser.parse_args()
+    if args.llm_hidden_size % LLM_HEAD_DIM:
+        parser.error(f"--llm_hidden_size must be a multiple of {LLM_HEAD_DIM}, got {args.llm_hidden_size}")
     if args.stage_ii_cycles < 1:
         parser.error(f"--stage_ii_cycles must be at least 1, got {args.stage_ii_cycles}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -311,7 +316,8 @@ def main() -> None:
     logger.info("1. semantic ViT")
     semantic_vit = pretrain_semantic_vit(args.work_dir, pretrain_dataset, args.scale)
     logger.info("2. LLM")
-    llm = pretrain_llm(args.work_dir, pretrain_dataset, tokenizer, args.scale)
+    llm_size = {**LLM, "hidden_size": args.llm_hidden_size, "num_hidden_layers": args.llm_num_layers}
+    llm = pretrain_llm(args.work_dir, pretrain_dataset, tokenizer, args.scale, llm_size)
     logger.info("3. HYDRA-TOK stages 1-2")
     tokenizer_path = train_tokenizer(args.work_dir, pretrain_dataset, semantic_vit, args.scale)
     logger.info("4. unified stages I-III")
@@ -327,7 +333,7 @@ def main() -> None:
     HydraProcessor.from_pretrained(current).save_pretrained(final)
     recipe = {"stages": STAGES, "scale": args.scale, "scenes": args.num_scenes, "pretrain_scenes": args.num_pretrain_scenes,
               "stage_ii_cycles": args.stage_ii_cycles, "repa_weight": args.repa_weight, "ema_decay": args.ema_decay,
-              "timestep_logit_mean": args.timestep_logit_mean, "seed": TRAIN_SEED}
+              "timestep_logit_mean": args.timestep_logit_mean, "llm": llm_size, "seed": TRAIN_SEED}
     (final / "training_recipe.json").write_text(json.dumps(recipe, indent=2))
     logger.info(f"done: {final}")
 
