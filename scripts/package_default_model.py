@@ -34,7 +34,8 @@ def install_generation_defaults(settings: dict) -> dict:
     and the card's figures agree without anyone passing it; and turn the KV cache back on for `generate`, which
     `Trainer` switched off in the model config (`TrainingArguments.use_cache` is False) that the generation config
     was derived from."""
-    defaults = {name: settings[name] for name in ("guidance_scale", "pag_scale", "pag_applied_layers") if name in settings}
+    names = ("guidance_scale", "pag_scale", "pag_applied_layers", "guidance_interval")
+    defaults = {name: settings[name] for name in names if name in settings}
     config = GenerationConfig.from_pretrained(ASSET)
     config.use_cache = True
     config.text_to_image = defaults

@@ -73,11 +73,11 @@ def test_guidance_flags_reach_the_pipeline_and_the_eval_records_what_it_used(mod
     calls, pipeline_call = [], HydraPipeline.__call__
     monkeypatch.setattr(HydraPipeline, "__call__", lambda self, *a, **kw: calls.append(kw) or pipeline_call(self, *a, **kw))
     cli.main(arguments)
-    cli.main([*arguments, "--guidance", "2", "--pag-scale", "3", "--pag-layers", "0", "1"])
-    guidance = [{name: call[name] for name in ("guidance_scale", "pag_scale", "pag_applied_layers")} for call in calls]
-    assert guidance == [
-        {"guidance_scale": None, "pag_scale": None, "pag_applied_layers": None},  # None: the model's defaults
-        {"guidance_scale": 2.0, "pag_scale": 3.0, "pag_applied_layers": [0, 1]},
+    cli.main([*arguments, "--guidance", "2", "--pag-scale", "3", "--pag-layers", "0", "1", "--guidance-interval", "0.5", "1"])
+    names = ("guidance_scale", "pag_scale", "pag_applied_layers", "guidance_interval")
+    assert [{name: call[name] for name in names} for call in calls] == [
+        dict.fromkeys(names),  # None: the model's defaults
+        {"guidance_scale": 2.0, "pag_scale": 3.0, "pag_applied_layers": [0, 1], "guidance_interval": [0.5, 1.0]},
     ]
     with pytest.raises(SystemExit, match="--pag-scale must be >= 0"):
         cli.main([*arguments, "--pag-scale", "-1"])
@@ -88,10 +88,12 @@ def test_guidance_flags_reach_the_pipeline_and_the_eval_records_what_it_used(mod
                   "generation", "--json", str(output), *flags])
         return json.loads(output.read_text())["settings"]
 
-    assert settings() == {"steps": 2, "guidance_scale": 5.0, "pag_scale": 0.0}
-    assert settings("--guidance", "3", "--pag-scale", "2", "--pag-layers", "0") == {
-        "steps": 2, "guidance_scale": 3.0, "pag_scale": 2.0, "pag_applied_layers": [0],
+    assert settings() == {"steps": 2, "guidance_scale": 5.0, "pag_scale": 0.0, "guidance_interval": [0.0, 1.0]}
+    assert settings("--guidance", "3", "--pag-scale", "2", "--pag-layers", "0", "--guidance-interval", "0.7", "1") == {
+        "steps": 2, "guidance_scale": 3.0, "pag_scale": 2.0, "pag_applied_layers": [0], "guidance_interval": [0.7, 1.0],
     }
+    # Without classifier-free guidance there is no interval of it to record.
+    assert settings("--guidance", "1") == {"steps": 2, "guidance_scale": 1.0, "pag_scale": 0.0}
 
 
 def test_evaluation_is_deterministic(model_dir):

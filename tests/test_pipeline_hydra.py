@@ -205,8 +205,10 @@ def test_perturbed_attention_guidance_adds_a_block_of_rows_and_follows_diffusers
 
 def test_guidance_defaults_come_from_the_models_generation_config_and_survive_saving(pipe, tmp_path):
     prompts = [PROMPT, "a blue circle"]
-    assert pipe.guidance_settings() == {"guidance_scale": 5.0, "pag_scale": 0.0, "pag_applied_layers": [1]}
-    own = {"guidance_scale": 2.0, "pag_scale": 4.0, "pag_applied_layers": [0]}
+    assert pipe.guidance_settings() == {
+        "guidance_scale": 5.0, "pag_scale": 0.0, "pag_applied_layers": [1], "guidance_interval": [0.0, 1.0],
+    }
+    own = {"guidance_scale": 2.0, "pag_scale": 4.0, "pag_applied_layers": [0], "guidance_interval": [0.5, 1.0]}
     pipe.model.generation_config.text_to_image = own
     explicit = run(pipe, prompts, output_type="latent", **own)
     assert torch.equal(run(pipe, prompts, output_type="latent"), explicit)
@@ -215,7 +217,35 @@ def test_guidance_defaults_come_from_the_models_generation_config_and_survive_sa
     pipe.processor.save_pretrained(tmp_path)
     reloaded = HydraPipeline.from_pretrained(tmp_path)
     assert reloaded.guidance_settings() == own
-    assert reloaded.guidance_settings(pag_scale=0.0, pag_applied_layers=(1,)) == {**own, "pag_scale": 0.0, "pag_applied_layers": [1]}
+    assert reloaded.guidance_settings(pag_scale=0.0, pag_applied_layers=(1,), guidance_interval=(0.0, 1.0)) == {
+        **own, "pag_scale": 0.0, "pag_applied_layers": [1], "guidance_interval": [0.0, 1.0],
+    }
+
+
+def test_guidance_interval_skips_the_unconditional_rows_outside_it(pipe, monkeypatch):
+    prompts = [PROMPT, "a blue circle"]
+    pipe.scheduler.set_timesteps(sigmas=flow_matching.sampling_timesteps(STEPS)[:-1].tolist())
+    flow_times = (pipe.scheduler.timesteps / pipe.scheduler.config.num_train_timesteps).tolist()
+    low = (flow_times[0] + flow_times[1]) / 2  # guidance at the first (noisiest) step only
+    batches = count_velocity_calls(pipe, monkeypatch)
+    interval = dict(guidance_scale=5.0, guidance_interval=(low, 1.0), output_type="latent")
+    partly = run(pipe, prompts, **interval)
+    assert batches == [4] + [2] * (STEPS - 1)
+    batches.clear()
+    run(pipe, prompts, pag_scale=3.0, pag_applied_layers=[0], **interval)
+    assert batches == [6] + [4] * (STEPS - 1)
+    throughout = run(pipe, prompts, guidance_scale=5.0, output_type="latent")
+    assert torch.equal(run(pipe, prompts, guidance_scale=5.0, guidance_interval=(0.0, 1.0), output_type="latent"), throughout)
+    assert not torch.allclose(partly, throughout, atol=1e-3)
+    assert torch.allclose(run(pipe, prompts, use_prompt_cache=False, **interval), partly, atol=1e-5)
+
+    # Outside the interval a step takes the conditional velocity, with PAG when it is on, exactly as guidance 1 does.
+    noise = torch.randn(2, 8, 4, 4, generator=torch.Generator().manual_seed(3))
+    one_step = dict(num_inference_steps=1, latents=noise, output_type="latent")
+    for pag in ({}, dict(pag_scale=3.0, pag_applied_layers=[0])):
+        skipped = run(pipe, prompts, guidance_scale=5.0, guidance_interval=(0.0, 0.5), **pag, **one_step)
+        assert torch.allclose(skipped, run(pipe, prompts, guidance_scale=1.0, **pag, **one_step), atol=1e-5)
+        assert not torch.allclose(skipped, run(pipe, prompts, guidance_scale=5.0, **pag, **one_step), atol=1e-3)
 
 
 def test_the_prompt_runs_once_and_is_tokenised_once(pipe, monkeypatch):
@@ -338,6 +368,9 @@ def test_model_cpu_offload_matches_the_model_on_the_accelerator(pipe):
         (dict(pag_scale=1.0, pag_applied_layers=[2]), r"decoder layer indices in \[-2, 2\) when `pag_scale` > 0, got \[2\]"),
         (dict(pag_scale=1.0, pag_applied_layers=[]), r"`pag_applied_layers` must be a non-empty list"),
         (dict(pag_scale=1.0, pag_applied_layers=1), r"`pag_applied_layers` must be a non-empty list .*got 1"),
+        (dict(guidance_interval=(0.8, 0.2)), r"`guidance_interval` must be a pair of flow times \(low, high\) with 0 <= low"),
+        (dict(guidance_interval=(0.5, 1.5)), r"`guidance_interval` .*got \[0\.5, 1\.5\]"),
+        (dict(guidance_interval=[0.5]), r"`guidance_interval` .*got \[0\.5\]"),
         (dict(decoder_num_inference_steps=0), r"decoder_num_inference_steps` must be an integer >= 1"),
         (dict(num_images_per_prompt=0), r"num_images_per_prompt` must be an integer >= 1"),
         (dict(negative_prompt=["x", "y", "z"]), r"list of 2 string\(s\), one per prompt"),

@@ -44,7 +44,10 @@ def load_pipeline(name: str, quiet: bool = False):
 
 def _guidance(args) -> dict:
     """The pipeline's guidance arguments; those not given on the command line stay None, the model's defaults."""
-    return {"guidance_scale": args.guidance, "pag_scale": args.pag_scale, "pag_applied_layers": args.pag_layers}
+    return {
+        "guidance_scale": args.guidance, "pag_scale": args.pag_scale, "pag_applied_layers": args.pag_layers,
+        "guidance_interval": args.guidance_interval,
+    }
 
 
 def _seeded(pipe, seed: int, count: int):
@@ -133,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                              help="perturbed-attention guidance scale, 0 = off (default: the model's, else 0)")
             sub.add_argument("--pag-layers", type=int, nargs="+",
                              help="LLM decoder layers PAG perturbs (default: the model's, else the middle one)")
+            sub.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                             help="flow times (1 = noise) of the steps that use classifier-free guidance (default: "
+                                  "the model's, else 0 1: every step)")
 
     sub = commands.add_parser("demo", help="generate images for a few fixed prompts and answer questions about them")
     add_model(sub)

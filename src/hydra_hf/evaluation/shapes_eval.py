@@ -105,6 +105,7 @@ def evaluate_shapes(
     edit_strengths: tuple[float, ...] = (0.3, 0.5, 0.7),
     pag_scale: float | None = None,
     pag_applied_layers: list[int] | None = None,
+    guidance_interval: tuple[float, float] | None = None,
 ) -> ShapesEvaluation:
     """Scores on `num_scenes` scenes (and as many generation prompts) from a seed the training never used.
     Guidance settings left as None are the model's defaults (`HydraPipeline.guidance_settings`); the result records
@@ -114,9 +115,11 @@ def evaluate_shapes(
     `edit_strengths`: the time at which the scores fall says where along the flow the model loses the scene (late
     times: the shapes' details; early ones: the layout), which the end-to-end scores cannot.
     """
-    sampling = pipe.guidance_settings(guidance_scale, pag_scale, pag_applied_layers)
+    sampling = pipe.guidance_settings(guidance_scale, pag_scale, pag_applied_layers, guidance_interval)
     if not sampling["pag_scale"]:
         sampling.pop("pag_applied_layers")
+    if sampling["guidance_scale"] == 1.0:  # no classifier-free guidance, so no interval of it
+        sampling.pop("guidance_interval")
     settings = {"steps": num_inference_steps, **sampling}
     result = ShapesEvaluation(num_scenes=num_scenes, seed=seed, settings=settings)
     if "reconstruction" in parts or "vqa" in parts:
@@ -158,6 +161,7 @@ def generate_for_specs(
     strength: float = 1.0,
     pag_scale: float | None = None,
     pag_applied_layers: list[int] | None = None,
+    guidance_interval: tuple[float, float] | None = None,
 ) -> list:
     """One seeded image per prompt spec (image i uses seed `seed + i`, whatever the batch size); with `references`
     (one image per spec), edits of them at `strength` instead. Guidance left as None is the model's default."""
@@ -168,5 +172,5 @@ def generate_for_specs(
         edit = {} if references is None else {"image": references[start : start + batch_size], "strength": strength}
         images += pipe([spec.prompt for spec in batch], num_inference_steps=num_inference_steps,
                        guidance_scale=guidance_scale, pag_scale=pag_scale, pag_applied_layers=pag_applied_layers,
-                       generator=generators, **edit).images
+                       guidance_interval=guidance_interval, generator=generators, **edit).images
     return images

@@ -23,6 +23,7 @@ StepCallback = Callable[[DiffusionPipeline, int, torch.Tensor, dict[str, torch.T
 # Sampling defaults when the model's `generation_config.text_to_image` does not set them (see `guidance_settings`).
 DEFAULT_GUIDANCE_SCALE = 5.0
 DEFAULT_PAG_SCALE = 0.0
+DEFAULT_GUIDANCE_INTERVAL = [0.0, 1.0]  # flow times (low, high) where CFG applies: throughout
 # Hub arguments `snapshot_download` takes; the rest of `from_pretrained`'s keyword arguments go to the loaders.
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "revision", "token")
 
@@ -35,8 +36,8 @@ class HydraPipeline(DiffusionPipeline):
 
     The prompt runs through the LLM once; its KV cache is then reused at every step, where only the image tokens
     (`noisy latent -> Sem-ViT -> projector + time embedding`) pass through the LLM and the flow head predicts the
-    latent's velocity. Classifier-free guidance runs the unconditional and conditional rows as one batch, and
-    perturbed-attention guidance (PAG, diffusers' `pag_scale` / `pag_applied_layers`) adds a third block of rows whose
+    latent's velocity. Classifier-free guidance runs the unconditional and conditional rows as one batch (only at the
+    flow times of `guidance_interval`, if that is narrower than the whole flow), and perturbed-attention guidance (PAG, diffusers' `pag_scale` / `pag_applied_layers`) adds a third block of rows whose
     tokens attend only to themselves in the chosen LLM layers. A model can ship its own defaults for these in
     `model.generation_config.text_to_image` (see `guidance_settings`).
 
@@ -104,25 +105,36 @@ class HydraPipeline(DiffusionPipeline):
     def do_perturbed_attention_guidance(self) -> bool:
         return self._pag_scale > 0
 
+    def guides_at(self, flow_time: float) -> bool:
+        """Whether classifier-free guidance (the unconditional rows) runs at this flow time: `guidance_interval`."""
+        low, high = self._guidance_interval
+        return self.do_classifier_free_guidance and low <= flow_time <= high
+
     def guidance_settings(
         self,
         guidance_scale: float | None = None,
         pag_scale: float | None = None,
         pag_applied_layers: list[int] | tuple[int, ...] | None = None,
+        guidance_interval: list[float] | tuple[float, float] | None = None,
     ) -> dict:
-        """`guidance_scale`, `pag_scale` and `pag_applied_layers` as a call uses them: those given, else the model's
-        own (`model.generation_config.text_to_image`, a dict the checkpoint ships, as Janus keeps its image guidance
-        in its generation config), else CFG 5, no PAG and the middle LLM layer."""
+        """`guidance_scale`, `pag_scale`, `pag_applied_layers` and `guidance_interval` as a call uses them: those
+        given, else the model's own (`model.generation_config.text_to_image`, a dict the checkpoint ships, as Janus
+        keeps its image guidance in its generation config), else CFG 5 throughout, no PAG and the middle LLM layer."""
         own = getattr(self.model.generation_config, "text_to_image", None) or {}
         settings = {
             "guidance_scale": own.get("guidance_scale", DEFAULT_GUIDANCE_SCALE),
             "pag_scale": own.get("pag_scale", DEFAULT_PAG_SCALE),
             "pag_applied_layers": own.get("pag_applied_layers", [self.model.config.text_config.num_hidden_layers // 2]),
+            "guidance_interval": own.get("guidance_interval", DEFAULT_GUIDANCE_INTERVAL),
         }
-        given = {"guidance_scale": guidance_scale, "pag_scale": pag_scale, "pag_applied_layers": pag_applied_layers}
+        given = {
+            "guidance_scale": guidance_scale, "pag_scale": pag_scale, "pag_applied_layers": pag_applied_layers,
+            "guidance_interval": guidance_interval,
+        }
         settings.update({name: value for name, value in given.items() if value is not None})
-        if isinstance(settings["pag_applied_layers"], tuple):
-            settings["pag_applied_layers"] = list(settings["pag_applied_layers"])
+        for name in ("pag_applied_layers", "guidance_interval"):
+            if isinstance(settings[name], tuple):
+                settings[name] = list(settings[name])
         return settings
 
     @property
@@ -156,6 +168,7 @@ class HydraPipeline(DiffusionPipeline):
         strength: float = 1.0,
         pag_scale: float = 0.0,
         pag_applied_layers: list[int] = (),
+        guidance_interval: list[float] = DEFAULT_GUIDANCE_INTERVAL,
     ) -> None:
         """Every bad argument is a `ValueError` that says what was expected, before any model work is done."""
         if isinstance(prompt, str):
@@ -189,6 +202,16 @@ class HydraPipeline(DiffusionPipeline):
             raise ValueError(
                 f"`guidance_scale` must be >= 0 (1 = the conditional model alone, 0 = the unconditional one, > 1 = "
                 f"classifier-free guidance), got {guidance_scale}"
+            )
+        if not (
+            isinstance(guidance_interval, list)
+            and len(guidance_interval) == 2
+            and all(isinstance(time, (int, float)) for time in guidance_interval)
+            and 0.0 <= guidance_interval[0] <= guidance_interval[1] <= 1.0
+        ):
+            raise ValueError(
+                f"`guidance_interval` must be a pair of flow times (low, high) with 0 <= low <= high <= 1 (1 = noise), "
+                f"where classifier-free guidance applies; got {guidance_interval!r}"
             )
         num_layers = self.model.config.text_config.num_hidden_layers
         if pag_scale < 0:
@@ -303,12 +326,12 @@ class HydraPipeline(DiffusionPipeline):
         clean = clean.repeat_interleave(num_images_per_prompt, dim=0)
         return flow_matching.interpolate(clean, noise, self.scheduler.sigmas[:1].expand(len(noise)))
 
-    def combine_guidance(self, velocities: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """The guided velocity from the row blocks `[uncond,] cond[, perturbed]`:
-        `v_uncond + g (v_cond - v_uncond) + pag_scale (v_cond - v_perturbed)`, with the terms whose blocks are absent
-        left out (diffusers' PAG formula)."""
+    def combine_guidance(self, velocities: tuple[torch.Tensor, ...], unconditional: bool) -> torch.Tensor:
+        """The guided velocity from the row blocks `[uncond,] cond[, perturbed]` (`unconditional`: whether the first
+        block is there): `v_uncond + g (v_cond - v_uncond) + pag_scale (v_cond - v_perturbed)`, with the terms whose
+        blocks are absent left out (diffusers' PAG formula)."""
         velocities = list(velocities)
-        unconditional = velocities.pop(0) if self.do_classifier_free_guidance else None
+        unconditional = velocities.pop(0) if unconditional else None
         conditional = velocities.pop(0)
         velocity = conditional
         if unconditional is not None:
@@ -348,6 +371,7 @@ class HydraPipeline(DiffusionPipeline):
         strength: float = 1.0,
         pag_scale: float | None = None,
         pag_applied_layers: list[int] | None = None,
+        guidance_interval: tuple[float, float] | None = None,
     ) -> ImagePipelineOutput | tuple:
         r"""
         Args:
@@ -384,6 +408,10 @@ class HydraPipeline(DiffusionPipeline):
                 Default: the model's (`guidance_settings`), else 0.
             pag_applied_layers (`list[int]`, *optional*): LLM decoder layers PAG perturbs. Default: the model's, else
                 the middle layer.
+            guidance_interval (`(float, float)`, *optional*): flow times `(low, high)` (1 = noise, 0 = clean) of the
+                steps that use classifier-free guidance, as in "guidance in a limited interval" (Kynkaanniemi et al.
+                2024); the other steps skip the unconditional rows and take the conditional velocity (with PAG, if
+                on). Default: the model's, else `(0, 1)`, every step.
 
         Returns:
             [`ImagePipelineOutput`] with `images`, or `(images,)` when `return_dict=False`.
@@ -393,9 +421,9 @@ class HydraPipeline(DiffusionPipeline):
         vision_config = self.model.vision_model.config
         height = height or vision_config.image_size
         width = width or vision_config.image_size
-        guidance = self.guidance_settings(guidance_scale, pag_scale, pag_applied_layers)
+        guidance = self.guidance_settings(guidance_scale, pag_scale, pag_applied_layers, guidance_interval)
         guidance_scale, pag_scale = guidance["guidance_scale"], guidance["pag_scale"]
-        pag_applied_layers = guidance["pag_applied_layers"]
+        pag_applied_layers, guidance_interval = guidance["pag_applied_layers"], guidance["guidance_interval"]
 
         # 1. Check inputs
         self.check_inputs(
@@ -415,9 +443,11 @@ class HydraPipeline(DiffusionPipeline):
             strength,
             pag_scale,
             pag_applied_layers,
+            guidance_interval,
         )
         self._guidance_scale = guidance_scale
         self._pag_scale = pag_scale
+        self._guidance_interval = guidance_interval
         self._interrupt = False
         batch_size = 1 if isinstance(prompt, str) else len(prompt)
         device = self._execution_device
@@ -427,15 +457,25 @@ class HydraPipeline(DiffusionPipeline):
             prompt, negative_prompt, self.do_classifier_free_guidance, num_images_per_prompt, device,
             self.do_perturbed_attention_guidance,
         )
-        # Row blocks of every model call: [unconditional;] conditional[; perturbed conditional]
+        # Row blocks of every model call: [unconditional;] conditional[; perturbed conditional]. Steps outside the
+        # guidance interval start at the conditional block, with a prompt cache of their own.
         num_blocks = 1 + self.do_classifier_free_guidance + self.do_perturbed_attention_guidance
-        perturbed_rows = None
+        block_rows = len(input_ids) // num_blocks
+        perturbed_rows = torch.zeros(len(input_ids), dtype=torch.bool, device=device)
         if self.do_perturbed_attention_guidance:
-            perturbed_rows = torch.zeros(len(input_ids), dtype=torch.bool, device=device)
-            perturbed_rows[len(input_ids) - len(input_ids) // num_blocks :] = True
-        prompt_cache = None
-        if use_prompt_cache:
-            prompt_cache = self.model.prepare_prompt_cache(input_ids, attention_mask, perturbed_rows, pag_applied_layers)
+            perturbed_rows[len(input_ids) - block_rows :] = True
+        prompt_caches = {}
+
+        def prompt_rows(first_row: int) -> dict:
+            """The `flow_velocity` arguments for the rows from `first_row` on."""
+            if use_prompt_cache and first_row not in prompt_caches:
+                prompt_caches[first_row] = self.model.prepare_prompt_cache(
+                    input_ids[first_row:], attention_mask[first_row:], perturbed_rows[first_row:], pag_applied_layers
+                )
+            return dict(
+                prompt_cache=prompt_caches.get(first_row), input_ids=input_ids[first_row:],
+                attention_mask=attention_mask[first_row:], perturbed_rows=perturbed_rows[first_row:],
+            )
 
         # 3. Timesteps: the model's schedule, times 1 ... 1/N before the shift, which the scheduler applies; an image
         # to edit starts at the schedule's last `strength` share
@@ -464,16 +504,17 @@ class HydraPipeline(DiffusionPipeline):
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     break
+                flow_time = t / self.scheduler.config.num_train_timesteps
+                guided = self.guides_at(float(flow_time))
+                skip_unconditional = self.do_classifier_free_guidance and not guided
+                blocks = num_blocks - skip_unconditional
                 velocity = self.model.flow_velocity(
-                    latents.repeat(num_blocks, 1, 1, 1),
-                    t / self.scheduler.config.num_train_timesteps,
-                    prompt_cache=prompt_cache,
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    perturbed_rows=perturbed_rows,
+                    latents.repeat(blocks, 1, 1, 1),
+                    flow_time,
                     perturbed_layers=pag_applied_layers,
+                    **prompt_rows(block_rows if skip_unconditional else 0),
                 )
-                velocity = self.combine_guidance(velocity.chunk(num_blocks))
+                velocity = self.combine_guidance(velocity.chunk(blocks), unconditional=guided)
                 latents = self.scheduler.step(velocity, t, latents, generator=generator, return_dict=False)[0]
 
                 if callback_on_step_end is not None:
