@@ -31,9 +31,9 @@ def eval_table(scores: dict) -> dict[str, float]:
 
 def install_generation_defaults(settings: dict) -> dict:
     """Write the guidance of the scored run into the installed generation config, so that the pipeline, `hydra-hf`
-    and the card's figures agree without anyone passing it; and turn the KV cache back on for `generate`, which
-    `Trainer` switched off in the model config (`TrainingArguments.use_cache` is False) that the generation config
-    was derived from."""
+    and the card's figures agree without anyone passing it; and turn the KV cache back on for `generate` in
+    checkpoints saved before `HydraForConditionalGeneration` kept it on itself (`Trainer` had switched it off in the
+    model config, `TrainingArguments.use_cache` being False, from which their generation config was derived)."""
     names = ("guidance_scale", "pag_scale", "pag_applied_layers", "guidance_interval")
     defaults = {name: settings[name] for name in names if name in settings}
     config = GenerationConfig.from_pretrained(ASSET)

@@ -136,9 +136,17 @@ def test_left_padded_batch_generates_the_same_tokens_as_one_by_one():
 
 
 def test_generate_uses_the_kv_cache_and_streams():
-    model, processor = tiny_hydra(seed=2), tiny_processor()
+    config = tiny_config()
+    config.use_cache = config.text_config.use_cache = False  # as `Trainer` leaves the configs it trained
+    torch.manual_seed(2)
+    model, processor = HydraForConditionalGeneration(config).eval(), tiny_processor()
     inputs = understanding_inputs(processor, ["what color is the shape ?"], [(40, 170, 60)])
-    with_cache = model.generate(**inputs, max_new_tokens=5, do_sample=False, use_cache=True)
+    lengths = []
+    model.model.language_model.register_forward_hook(
+        lambda module, args, kwargs, output: lengths.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True
+    )
+    with_cache = model.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    assert lengths == [inputs["input_ids"].shape[1]] + [1] * 4  # the prompt once, then one new token per step
     without_cache = model.generate(**inputs, max_new_tokens=5, do_sample=False, use_cache=False)
     assert torch.equal(with_cache, without_cache)
     streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True)

@@ -410,6 +410,9 @@ class HydraForConditionalGeneration(HydraPreTrainedModel, GenerationMixin):
         # A generation config marked as derived from the model config is reloaded without its extra attributes,
         # which would drop the text-to-image defaults (`text_to_image`, read by `HydraPipeline.guidance_settings`).
         self.generation_config._from_model_config = False
+        # Generation wants the KV cache whatever the model config says: `Trainer` writes its
+        # `TrainingArguments.use_cache` (False) into the configs it trains, and a derived generation config inherits it.
+        self.generation_config.use_cache = True
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
