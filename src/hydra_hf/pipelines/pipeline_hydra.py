@@ -23,7 +23,7 @@ StepCallback = Callable[[DiffusionPipeline, int, torch.Tensor, dict[str, torch.T
 # Sampling defaults when the model's `generation_config.text_to_image` does not set them (see `guidance_settings`).
 DEFAULT_GUIDANCE_SCALE = 5.0
 DEFAULT_PAG_SCALE = 0.0
-DEFAULT_GUIDANCE_INTERVAL = [0.0, 1.0]  # flow times (low, high) where CFG applies: throughout
+DEFAULT_GUIDANCE_INTERVAL = (0.0, 1.0)  # flow times (low, high) where CFG applies: throughout
 # Hub arguments `snapshot_download` takes; the rest of `from_pretrained`'s keyword arguments go to the loaders.
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "revision", "token")
 
@@ -36,10 +36,10 @@ class HydraPipeline(DiffusionPipeline):
 
     The prompt runs through the LLM once; its KV cache is then reused at every step, where only the image tokens
     (`noisy latent -> Sem-ViT -> projector + time embedding`) pass through the LLM and the flow head predicts the
-    latent's velocity. Classifier-free guidance runs the unconditional and conditional rows as one batch (only at the
-    flow times of `guidance_interval`, if that is narrower than the whole flow), and perturbed-attention guidance (PAG, diffusers' `pag_scale` / `pag_applied_layers`) adds a third block of rows whose
-    tokens attend only to themselves in the chosen LLM layers. A model can ship its own defaults for these in
-    `model.generation_config.text_to_image` (see `guidance_settings`).
+    latent's velocity. Classifier-free guidance runs the unconditional and conditional rows as one batch (at the flow
+    times of `guidance_interval`), and perturbed-attention guidance (PAG, diffusers' `pag_scale` /
+    `pag_applied_layers`) adds a third block of rows whose tokens attend only to themselves in the chosen LLM layers.
+    A model can ship its own defaults for these in `model.generation_config.text_to_image` (see `guidance_settings`).
 
     Args:
         model ([`HydraForConditionalGeneration`]): the unified model (LLM, HYDRA-TOK, flow head).
@@ -168,7 +168,7 @@ class HydraPipeline(DiffusionPipeline):
         strength: float = 1.0,
         pag_scale: float = 0.0,
         pag_applied_layers: list[int] = (),
-        guidance_interval: list[float] = DEFAULT_GUIDANCE_INTERVAL,
+        guidance_interval: list[float] | tuple[float, float] = DEFAULT_GUIDANCE_INTERVAL,
     ) -> None:
         """Every bad argument is a `ValueError` that says what was expected, before any model work is done."""
         if isinstance(prompt, str):
@@ -204,7 +204,7 @@ class HydraPipeline(DiffusionPipeline):
                 f"classifier-free guidance), got {guidance_scale}"
             )
         if not (
-            isinstance(guidance_interval, list)
+            isinstance(guidance_interval, (list, tuple))
             and len(guidance_interval) == 2
             and all(isinstance(time, (int, float)) for time in guidance_interval)
             and 0.0 <= guidance_interval[0] <= guidance_interval[1] <= 1.0
@@ -326,12 +326,12 @@ class HydraPipeline(DiffusionPipeline):
         clean = clean.repeat_interleave(num_images_per_prompt, dim=0)
         return flow_matching.interpolate(clean, noise, self.scheduler.sigmas[:1].expand(len(noise)))
 
-    def combine_guidance(self, velocities: tuple[torch.Tensor, ...], unconditional: bool) -> torch.Tensor:
-        """The guided velocity from the row blocks `[uncond,] cond[, perturbed]` (`unconditional`: whether the first
-        block is there): `v_uncond + g (v_cond - v_uncond) + pag_scale (v_cond - v_perturbed)`, with the terms whose
-        blocks are absent left out (diffusers' PAG formula)."""
+    def combine_guidance(self, velocities: tuple[torch.Tensor, ...], with_unconditional: bool) -> torch.Tensor:
+        """The guided velocity from the row blocks `[uncond,] cond[, perturbed]` (`with_unconditional`: whether the
+        first block is there): `v_uncond + g (v_cond - v_uncond) + pag_scale (v_cond - v_perturbed)`, with the terms
+        whose blocks are absent left out (diffusers' PAG formula)."""
         velocities = list(velocities)
-        unconditional = velocities.pop(0) if unconditional else None
+        unconditional = velocities.pop(0) if with_unconditional else None
         conditional = velocities.pop(0)
         velocity = conditional
         if unconditional is not None:
@@ -514,7 +514,7 @@ class HydraPipeline(DiffusionPipeline):
                     perturbed_layers=pag_applied_layers,
                     **prompt_rows(block_rows if skip_unconditional else 0),
                 )
-                velocity = self.combine_guidance(velocity.chunk(blocks), unconditional=guided)
+                velocity = self.combine_guidance(velocity.chunk(blocks), with_unconditional=guided)
                 latents = self.scheduler.step(velocity, t, latents, generator=generator, return_dict=False)[0]
 
                 if callback_on_step_end is not None:
