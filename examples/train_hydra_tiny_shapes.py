@@ -297,8 +297,8 @@ def main() -> None:
     )
     parser.add_argument(
         "--llm_hidden_size", type=int, default=LLM["hidden_size"],
-        help="width of the LLM, a multiple of 32 (256 wide and 6 deep: stage II's flow loss trailed the recipe's, "
-             "0.62 against 0.50 at step 1800: README, tenth round)",
+        help="width of the LLM, a multiple of 32 (256 wide, 6 deep, stage II at 5e-4: it ended at a flow loss of 0.313 "
+             "against 0.216, GenEval-style 0.236 with 20 specks per image, VQA 0.736: README, tenth round)",
     )
     parser.add_argument("--llm_num_layers", type=int, default=LLM["num_hidden_layers"], help="decoder layers of the LLM")
     args = parser.parse_args()
