@@ -65,7 +65,8 @@ VISION = dict(
     decoder_hidden_size=128, decoder_num_layers=4, decoder_num_attention_heads=4, decoder_intermediate_size=512,
     decoder_num_inference_steps=10, distillation_layers=[2, 4, 6, 8], perceptual_weight=0.0,
 )
-LLM = dict(hidden_size=192, num_hidden_layers=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)
+LLM = dict(hidden_size=192, num_hidden_layers=4, num_key_value_heads=2, max_position_embeddings=256,
+           tie_word_embeddings=True)
 LLM_HEAD_DIM = 32  # heads and MLP follow the width: hidden_size / 32 heads, a 3x MLP
 # (steps, batch size, learning rate) per stage at --scale 1.
 STAGES = {
