@@ -170,7 +170,8 @@ def pretrain_llm(work_dir: Path, dataset, tokenizer, scale: float, size: dict) -
     torch.manual_seed(TRAIN_SEED)
     config = Qwen2Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), **size,
-                         num_attention_heads=size["hidden_size"] // LLM_HEAD_DIM, intermediate_size=3 * size["hidden_size"])
+                         num_attention_heads=size["hidden_size"] // LLM_HEAD_DIM,
+                         intermediate_size=3 * size["hidden_size"])
     model = Qwen2ForCausalLM(config)
     texts = world_texts(dataset)
     encoded = [tokenizer(text)["input_ids"] for text in texts]
@@ -301,7 +302,9 @@ def main() -> None:
         help="width of the LLM, a multiple of 32 (256 wide, 6 deep, stage II at 5e-4: it ended at a flow loss of 0.313 "
              "against 0.216, GenEval-style 0.236 with 20 specks per image, VQA 0.736: README, tenth round)",
     )
-    parser.add_argument("--llm_num_layers", type=int, default=LLM["num_hidden_layers"], help="decoder layers of the LLM")
+    parser.add_argument(
+        "--llm_num_layers", type=int, default=LLM["num_hidden_layers"], help="decoder layers of the LLM"
+    )
     args = parser.parse_args()
     if args.llm_hidden_size % LLM_HEAD_DIM:
         parser.error(f"--llm_hidden_size must be a multiple of {LLM_HEAD_DIM}, got {args.llm_hidden_size}")
