@@ -34,8 +34,7 @@ def install_generation_defaults(settings: dict) -> dict:
     and the card's figures agree without anyone passing it; and turn the KV cache back on for `generate` in
     checkpoints saved before `HydraForConditionalGeneration` kept it on itself (`Trainer` had switched it off in the
     model config, `TrainingArguments.use_cache` being False, from which their generation config was derived)."""
-    names = ("guidance_scale", "pag_scale", "pag_applied_layers", "guidance_interval")
-    defaults = {name: settings[name] for name in names if name in settings}
+    defaults = {name: value for name, value in settings.items() if name != "steps"}  # the guidance of the run
     config = GenerationConfig.from_pretrained(ASSET)
     config.use_cache = True
     config.text_to_image = defaults

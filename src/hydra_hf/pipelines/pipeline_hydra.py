@@ -462,6 +462,7 @@ class HydraPipeline(DiffusionPipeline):
         num_blocks = 1 + self.do_classifier_free_guidance + self.do_perturbed_attention_guidance
         block_rows = len(input_ids) // num_blocks
         perturbed_rows = torch.zeros(len(input_ids), dtype=torch.bool, device=device)
+        perturbed_layers = pag_applied_layers if self.do_perturbed_attention_guidance else []  # [] hooks nothing
         if self.do_perturbed_attention_guidance:
             perturbed_rows[len(input_ids) - block_rows :] = True
         prompt_caches = {}
@@ -470,7 +471,7 @@ class HydraPipeline(DiffusionPipeline):
             """The `flow_velocity` arguments for the rows from `first_row` on."""
             if use_prompt_cache and first_row not in prompt_caches:
                 prompt_caches[first_row] = self.model.prepare_prompt_cache(
-                    input_ids[first_row:], attention_mask[first_row:], perturbed_rows[first_row:], pag_applied_layers
+                    input_ids[first_row:], attention_mask[first_row:], perturbed_rows[first_row:], perturbed_layers
                 )
             return dict(
                 prompt_cache=prompt_caches.get(first_row), input_ids=input_ids[first_row:],
@@ -511,7 +512,7 @@ class HydraPipeline(DiffusionPipeline):
                 velocity = self.model.flow_velocity(
                     latents.repeat(blocks, 1, 1, 1),
                     flow_time,
-                    perturbed_layers=pag_applied_layers,
+                    perturbed_layers=perturbed_layers,
                     **prompt_rows(block_rows if skip_unconditional else 0),
                 )
                 velocity = self.combine_guidance(velocity.chunk(blocks), with_unconditional=guided)
