@@ -134,12 +134,12 @@ class AttributeProbe(nn.Module):
         return {"loss": nn.functional.binary_cross_entropy_with_logits(self.head(features), labels)}
 
 
-def pretrain_semantic_vit(work_dir: Path, dataset, scale: float) -> Path:
+def pretrain_semantic_vit(work_dir: Path, dataset, scale: float, vision: dict) -> Path:
     output = work_dir / "semantic_vit" / "final"
     if output.exists():
         return output
     torch.manual_seed(TRAIN_SEED)
-    vit = HydraTokModel(HydraTokConfig(**VISION))
+    vit = HydraTokModel(HydraTokConfig(**vision))
     probe = AttributeProbe(vit, attribute_targets([]).numel())
     tokenizer_collator = TokenizerCollator(HydraImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, patch_size=PATCH_SIZE))
 
@@ -305,7 +305,13 @@ def main() -> None:
     parser.add_argument(
         "--llm_num_layers", type=int, default=LLM["num_hidden_layers"], help="decoder layers of the LLM"
     )
+    parser.add_argument(
+        "--latent_channels", type=int, default=VISION["latent_channels"],
+        help="channels of HYDRA-TOK's latent per 8x8 patch: what the flow head generates and the pixel decoder reads",
+    )
     args = parser.parse_args()
+    if args.latent_channels < 1:
+        parser.error(f"--latent_channels must be at least 1, got {args.latent_channels}")
     if args.llm_hidden_size % LLM_HEAD_DIM:
         parser.error(f"--llm_hidden_size must be a multiple of {LLM_HEAD_DIM}, got {args.llm_hidden_size}")
     if args.stage_ii_cycles < 1:
@@ -322,7 +328,8 @@ def main() -> None:
     tokenizer = train_word_tokenizer(texts)
 
     logger.info("1. semantic ViT")
-    semantic_vit = pretrain_semantic_vit(args.work_dir, pretrain_dataset, args.scale)
+    vision = {**VISION, "latent_channels": args.latent_channels}
+    semantic_vit = pretrain_semantic_vit(args.work_dir, pretrain_dataset, args.scale, vision)
     logger.info("2. LLM")
     llm_size = {**LLM, "hidden_size": args.llm_hidden_size, "num_hidden_layers": args.llm_num_layers}
     llm = pretrain_llm(args.work_dir, pretrain_dataset, tokenizer, args.scale, llm_size)
@@ -341,7 +348,8 @@ def main() -> None:
     HydraProcessor.from_pretrained(current).save_pretrained(final)
     recipe = {"stages": STAGES, "scale": args.scale, "scenes": args.num_scenes, "pretrain_scenes": args.num_pretrain_scenes,
               "stage_ii_cycles": args.stage_ii_cycles, "repa_weight": args.repa_weight, "ema_decay": args.ema_decay,
-              "timestep_logit_mean": args.timestep_logit_mean, "llm": llm_size, "seed": TRAIN_SEED}
+              "timestep_logit_mean": args.timestep_logit_mean, "llm": llm_size,
+              "latent_channels": args.latent_channels, "seed": TRAIN_SEED}
     (final / "training_recipe.json").write_text(json.dumps(recipe, indent=2))
     logger.info(f"done: {final}")
 
