@@ -223,7 +223,7 @@ def latent_statistics(tokenizer_model: HydraTokModel, dataset, image_processor, 
 
 def assemble(
     work_dir: Path, dataset, tokenizer, tokenizer_path: Path, llm_path: Path, repa_weight: float = 0.0,
-    timestep_logit_mean: float = 0.0,
+    timestep_logit_mean: float = 0.0, flow_head_hidden_size: int = 256,
 ) -> Path:
     output = work_dir / "assembled"
     if output.exists():
@@ -235,7 +235,7 @@ def assemble(
     config = HydraConfig(
         text_config=llm.config.to_dict(), vision_config={**vision.config.to_dict(), "latents_mean": mean, "latents_std": std},
         image_token_id=tokenizer.image_token_id, boi_token_id=tokenizer.boi_token_id, eoi_token_id=tokenizer.eoi_token_id,
-        flow_head_hidden_size=256, flow_head_num_layers=3, repa_weight=repa_weight,
+        flow_head_hidden_size=flow_head_hidden_size, flow_head_num_layers=3, repa_weight=repa_weight,
         timestep_logit_mean=timestep_logit_mean,
     )
     torch.manual_seed(TRAIN_SEED)
@@ -309,6 +309,9 @@ def main() -> None:
         "--latent_channels", type=int, default=VISION["latent_channels"],
         help="channels of HYDRA-TOK's latent per 8x8 patch: what the flow head generates and the pixel decoder reads",
     )
+    parser.add_argument(
+        "--flow_head_hidden_size", type=int, default=256, help="width of the flow head's residual MLP blocks",
+    )
     args = parser.parse_args()
     if args.latent_channels < 1:
         parser.error(f"--latent_channels must be at least 1, got {args.latent_channels}")
@@ -337,7 +340,7 @@ def main() -> None:
     tokenizer_path = train_tokenizer(args.work_dir, pretrain_dataset, semantic_vit, args.scale)
     logger.info("4. unified stages I-III")
     current = assemble(args.work_dir, pretrain_dataset, tokenizer, tokenizer_path, llm, args.repa_weight,
-                       args.timestep_logit_mean)
+                       args.timestep_logit_mean, args.flow_head_hidden_size)
     current = train_unified(args.work_dir, dataset, current, "I", args.scale, 0.5, ema_decay=args.ema_decay)
     for cycle in range(1, args.stage_ii_cycles + 1):
         current = train_unified(args.work_dir, dataset, current, "II", args.scale, 0.5, cycle, args.ema_decay)
@@ -349,7 +352,7 @@ def main() -> None:
     recipe = {"stages": STAGES, "scale": args.scale, "scenes": args.num_scenes, "pretrain_scenes": args.num_pretrain_scenes,
               "stage_ii_cycles": args.stage_ii_cycles, "repa_weight": args.repa_weight, "ema_decay": args.ema_decay,
               "timestep_logit_mean": args.timestep_logit_mean, "llm": llm_size,
-              "latent_channels": args.latent_channels, "seed": TRAIN_SEED}
+              "latent_channels": args.latent_channels, "flow_head_hidden_size": args.flow_head_hidden_size, "seed": TRAIN_SEED}
     (final / "training_recipe.json").write_text(json.dumps(recipe, indent=2))
     logger.info(f"done: {final}")
 
