@@ -307,7 +307,8 @@ def main() -> None:
     )
     parser.add_argument(
         "--latent_channels", type=int, default=VISION["latent_channels"],
-        help="channels of HYDRA-TOK's latent per 8x8 patch: what the flow head generates and the pixel decoder reads",
+        help="channels of HYDRA-TOK's latent per 8x8 patch: what the flow head generates and the pixel decoder reads "
+             "(8: PSNR 29.82 dB, held-out GenEval-style 0.252 against 0.291, VQA 0.758: README, eleventh round)",
     )
     parser.add_argument(
         "--flow_head_hidden_size", type=int, default=256, help="width of the flow head's residual MLP blocks",
