@@ -311,7 +311,9 @@ def main() -> None:
              "(8: PSNR 29.82 dB, held-out GenEval-style 0.252 against 0.291, VQA 0.758: README, eleventh round)",
     )
     parser.add_argument(
-        "--flow_head_hidden_size", type=int, default=256, help="width of the flow head's residual MLP blocks",
+        "--flow_head_hidden_size", type=int, default=256,
+        help="width of the flow head's residual MLP blocks (512, with 8 latent channels: held-out GenEval-style 0.315 "
+             "against 0.252, development 0.294 for both: README, eleventh round)",
     )
     args = parser.parse_args()
     if args.latent_channels < 1:
