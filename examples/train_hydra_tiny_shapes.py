@@ -268,6 +268,14 @@ def train_unified(
     return output
 
 
+def check_reused_stage(parser: argparse.ArgumentParser, stage: Path, config_class, expected: dict) -> None:
+    """A stage found in the work dir is reused as it is: refuse it if it was trained with other size flags."""
+    config = config_class.from_pretrained(stage)
+    differing = {key: getattr(config, key) for key, value in expected.items() if getattr(config, key) != value}
+    if differing:
+        parser.error(f"{stage} was trained with {differing}, not {expected}; use another --work_dir or those flags")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work_dir", type=Path, required=True, help="where every stage writes its result")
@@ -336,9 +344,11 @@ def main() -> None:
     logger.info("1. semantic ViT")
     vision = {**VISION, "latent_channels": args.latent_channels}
     semantic_vit = pretrain_semantic_vit(args.work_dir, pretrain_dataset, args.scale, vision)
+    check_reused_stage(parser, semantic_vit, HydraTokConfig, {"latent_channels": args.latent_channels})
     logger.info("2. LLM")
     llm_size = {**LLM, "hidden_size": args.llm_hidden_size, "num_hidden_layers": args.llm_num_layers}
     llm = pretrain_llm(args.work_dir, pretrain_dataset, tokenizer, args.scale, llm_size)
+    check_reused_stage(parser, llm, Qwen2Config, {key: llm_size[key] for key in ("hidden_size", "num_hidden_layers")})
     logger.info("3. HYDRA-TOK stages 1-2")
     tokenizer_path = train_tokenizer(args.work_dir, pretrain_dataset, semantic_vit, args.scale)
     logger.info("4. unified stages I-III")
