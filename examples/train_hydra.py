@@ -18,6 +18,7 @@ from hydra_hf import HydraForConditionalGeneration, HydraProcessor
 from hydra_hf.training import HydraCollator, HydraTrainer
 from hydra_hf.training.arguments import (
     DataArguments,
+    StageArguments,
     end_processes,
     parse_arguments,
     prepare_dataset,
@@ -29,14 +30,12 @@ from hydra_hf.training.arguments import (
 class HydraArguments:
     model_name_or_path: str = field(metadata={"help": "folder with a HYDRA model and its processor"})
     stage: str = field(default="I", metadata={"help": "I: heads only, LLM frozen; II: joint; III: instructions"})
-    trainable: list[str] | None = field(default=None, metadata={"help": "override the stage's trainable regexes"})
-    ema_decay: float | None = field(
-        default=None, metadata={"help": "keep an EMA of the trained weights (e.g. 0.9995) and save it as the model"}
-    )
 
 
 def main(args: list[str] | None = None) -> None:
-    model_args, data_args, training_args = parse_arguments((HydraArguments, DataArguments, TrainingArguments), args)
+    model_args, stage_args, data_args, training_args = parse_arguments(
+        (HydraArguments, StageArguments, DataArguments, TrainingArguments), args
+    )
     set_seed(training_args.seed)
     model = HydraForConditionalGeneration.from_pretrained(model_args.model_name_or_path)
     processor = HydraProcessor.from_pretrained(model_args.model_name_or_path)
@@ -58,8 +57,8 @@ def main(args: list[str] | None = None) -> None:
         model,
         training_args,
         stage=model_args.stage,
-        trainable=model_args.trainable,
-        ema_decay=model_args.ema_decay,
+        trainable=stage_args.trainable,
+        ema_decay=stage_args.ema_decay,
         train_dataset=prepare_dataset(data_args),
         data_collator=collator,
         processing_class=processor,

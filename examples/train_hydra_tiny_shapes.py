@@ -223,7 +223,7 @@ def latent_statistics(tokenizer_model: HydraTokModel, dataset, image_processor, 
 
 def assemble(
     work_dir: Path, dataset, tokenizer, tokenizer_path: Path, llm_path: Path, repa_weight: float = 0.0,
-    timestep_logit_mean: float = 0.0, flow_head_hidden_size: int = 256, image_rope: str = "sequence",
+    timestep_logit_mean: float = 0.0, flow_head_hidden_size: int = 256,
 ) -> Path:
     output = work_dir / "assembled"
     if output.exists():
@@ -236,7 +236,7 @@ def assemble(
         text_config=llm.config.to_dict(), vision_config={**vision.config.to_dict(), "latents_mean": mean, "latents_std": std},
         image_token_id=tokenizer.image_token_id, boi_token_id=tokenizer.boi_token_id, eoi_token_id=tokenizer.eoi_token_id,
         flow_head_hidden_size=flow_head_hidden_size, flow_head_num_layers=3, repa_weight=repa_weight,
-        timestep_logit_mean=timestep_logit_mean, image_rope=image_rope,
+        timestep_logit_mean=timestep_logit_mean,
     )
     torch.manual_seed(TRAIN_SEED)
     model = HydraForConditionalGeneration(config)
@@ -273,7 +273,7 @@ def check_reused_stage(parser: argparse.ArgumentParser, stage: Path, config_clas
     config = config_class.from_pretrained(stage)
     differing = {key: getattr(config, key) for key, value in expected.items() if getattr(config, key) != value}
     if differing:
-        parser.error(f"{stage} was trained with {differing}, not {expected}; use another --work_dir or those flags")
+        parser.error(f"{stage} was made with {differing}, not {expected}; use another --work_dir or those flags")
 
 
 def main() -> None:
@@ -323,11 +323,6 @@ def main() -> None:
         help="width of the flow head's residual MLP blocks (512, with 8 latent channels: held-out GenEval-style 0.315 "
              "against 0.252, development 0.294 for both: README, eleventh round)",
     )
-    parser.add_argument(
-        "--image_rope", choices=("sequence", "grid"), default="sequence",
-        help="rotary positions of image tokens in the LLM (HydraConfig.image_rope): along the sequence, or by row "
-             "and column",
-    )
     args = parser.parse_args()
     # Checked here, not when a stage builds its config: the flow head's is built after about 40 minutes of training.
     for flag in ("stage_ii_cycles", "latent_channels", "flow_head_hidden_size", "llm_hidden_size", "llm_num_layers"):
@@ -358,10 +353,10 @@ def main() -> None:
     tokenizer_path = train_tokenizer(args.work_dir, pretrain_dataset, semantic_vit, args.scale)
     logger.info("4. unified stages I-III")
     current = assemble(args.work_dir, pretrain_dataset, tokenizer, tokenizer_path, llm, args.repa_weight,
-                       args.timestep_logit_mean, args.flow_head_hidden_size, args.image_rope)
+                       args.timestep_logit_mean, args.flow_head_hidden_size)
     check_reused_stage(parser, current, HydraConfig, {
         "repa_weight": args.repa_weight, "timestep_logit_mean": args.timestep_logit_mean,
-        "flow_head_hidden_size": args.flow_head_hidden_size, "image_rope": args.image_rope,
+        "flow_head_hidden_size": args.flow_head_hidden_size,
     })
     current = train_unified(args.work_dir, dataset, current, "I", args.scale, 0.5, ema_decay=args.ema_decay)
     for cycle in range(1, args.stage_ii_cycles + 1):
@@ -374,8 +369,7 @@ def main() -> None:
     recipe = {"stages": STAGES, "scale": args.scale, "scenes": args.num_scenes, "pretrain_scenes": args.num_pretrain_scenes,
               "stage_ii_cycles": args.stage_ii_cycles, "repa_weight": args.repa_weight, "ema_decay": args.ema_decay,
               "timestep_logit_mean": args.timestep_logit_mean, "llm": llm_size,
-              "latent_channels": args.latent_channels, "flow_head_hidden_size": args.flow_head_hidden_size,
-              "image_rope": args.image_rope, "seed": TRAIN_SEED}
+              "latent_channels": args.latent_channels, "flow_head_hidden_size": args.flow_head_hidden_size, "seed": TRAIN_SEED}
     (final / "training_recipe.json").write_text(json.dumps(recipe, indent=2))
     logger.info(f"done: {final}")
 

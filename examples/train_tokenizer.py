@@ -19,6 +19,7 @@ from hydra_hf import HydraImageProcessor, HydraTokConfig, HydraTokModel
 from hydra_hf.training import HydraTokTrainer, PatchDiscriminator, TokenizerCollator
 from hydra_hf.training.arguments import (
     DataArguments,
+    StageArguments,
     end_processes,
     parse_arguments,
     prepare_dataset,
@@ -33,16 +34,14 @@ class TokenizerArguments:
     config_overrides: str | None = field(default=None, metadata={"help": "JSON of config fields for --preset"})
     teacher_name_or_path: str | None = field(default=None, metadata={"help": "default: a frozen copy of the start"})
     stage: str = field(default="1", metadata={"help": "1: end to end; 2: decoder + GAN"})
-    trainable: list[str] | None = field(default=None, metadata={"help": "override the stage's trainable regexes"})
-    ema_decay: float | None = field(
-        default=None, metadata={"help": "keep an EMA of the trained weights (e.g. 0.9995) and save it as the model"}
-    )
     perceptual_backend: str = field(default="auto", metadata={"help": "auto | lpips | teacher"})
     discriminator_learning_rate: float | None = field(default=None)
 
 
 def main(args: list[str] | None = None) -> None:
-    model_args, data_args, training_args = parse_arguments((TokenizerArguments, DataArguments, TrainingArguments), args)
+    model_args, stage_args, data_args, training_args = parse_arguments(
+        (TokenizerArguments, StageArguments, DataArguments, TrainingArguments), args
+    )
     set_seed(training_args.seed)
     if model_args.model_name_or_path:
         model = HydraTokModel.from_pretrained(model_args.model_name_or_path)
@@ -67,8 +66,8 @@ def main(args: list[str] | None = None) -> None:
         discriminator=PatchDiscriminator() if model_args.stage == "2" else None,
         discriminator_learning_rate=model_args.discriminator_learning_rate,
         perceptual_backend=model_args.perceptual_backend,
-        trainable=model_args.trainable,
-        ema_decay=model_args.ema_decay,
+        trainable=stage_args.trainable,
+        ema_decay=stage_args.ema_decay,
         train_dataset=prepare_dataset(data_args),
         data_collator=TokenizerCollator(image_processor, image_column=data_args.image_column),
         processing_class=image_processor,

@@ -46,6 +46,8 @@ def test_presets_and_config_round_trip(tmp_path):
         (dict(latents_mean=[0.0] * 8), "must be given together"),
         (dict(decoder_prediction_type="epsilon"), "decoder_prediction_type"),
         (dict(decoder_noise_augmentation=-0.1), "decoder_noise_augmentation must be >= 0"),
+        (dict(latent_channels=0), r"sizes must be at least 1: \{'latent_channels': 0\}"),
+        (dict(num_attention_heads=0, decoder_num_layers=0), "'num_attention_heads': 0, 'decoder_num_layers': 0"),
     ],
 )
 def test_inconsistent_configs_are_rejected(overrides, message):

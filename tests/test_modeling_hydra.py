@@ -12,7 +12,7 @@ from transformers import (
 
 import hydra_hf  # noqa: F401  (registers the Auto classes)
 from hydra_hf import HydraConfig, HydraForConditionalGeneration, HydraModel, HydraProcessor, HydraTokConfig
-from hydra_hf.models.hydra.modeling_hydra import identity_attention, image_grid_position_ids
+from hydra_hf.models.hydra.modeling_hydra import identity_attention
 
 from .utils import random_pixels, tiny_config, tiny_hydra, tiny_processor
 
@@ -122,9 +122,8 @@ def test_the_images_of_a_sequence_are_separate_blocks():
 
 
 # --------------------------------------------------------------------------------------------------- understanding
-@pytest.mark.parametrize("image_rope", ["sequence", "grid"])
-def test_left_padded_batch_generates_the_same_tokens_as_one_by_one(image_rope):
-    model, processor = tiny_hydra(seed=1, image_rope=image_rope), tiny_processor()
+def test_left_padded_batch_generates_the_same_tokens_as_one_by_one():
+    model, processor = tiny_hydra(seed=1), tiny_processor()
     questions = ["what color is the shape ?", "describe the image . what shape is it ? yes no"]
     colours = [(220, 40, 40), (40, 80, 220)]
     batch = understanding_inputs(processor, questions, colours)
@@ -166,9 +165,8 @@ def test_the_image_changes_the_answer_distribution():
 
 
 # ------------------------------------------------------------------------------------------------------ generation
-@pytest.mark.parametrize("image_rope", ["sequence", "grid"])
-def test_cached_and_uncached_velocity_agree_and_the_cache_is_reused(image_rope):
-    model, processor = tiny_hydra(image_rope=image_rope), tiny_processor()
+def test_cached_and_uncached_velocity_agree_and_the_cache_is_reused():
+    model, processor = tiny_hydra(), tiny_processor()
     prompts = generation_ids(processor, ["a red square", "a blue circle and a green square"])
     latents = torch.randn(2, 8, 4, 4, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -370,42 +368,6 @@ def test_bottleneck_input_switch_skips_sem_vit():
         assert torch.equal(model(**inputs).logits, base)
 
 
-def test_grid_positions_count_rows_and_columns_from_each_images_first_position():
-    #           text text [image 2x2      ] text [image 2x2      ] pad-free, positions 0..10
-    is_image = torch.tensor([[0, 0, 1, 1, 1, 1, 0, 1, 1, 1, 1]], dtype=torch.bool)
-    rows, columns = image_grid_position_ids(torch.arange(11)[None], is_image, grid_width=2)[:, 0].tolist()
-    assert rows == [0, 1, 2, 2, 3, 3, 6, 7, 7, 8, 8]
-    assert columns == [0, 1, 2, 3, 2, 3, 6, 7, 8, 7, 8]
-    # Left padding shifts the positions, not the grid; the text after an image keeps its sequence position.
-    padded = image_grid_position_ids(torch.tensor([[0, 0, 0, 1, 2, 3, 4]]), torch.tensor([[0, 0, 0, 1, 1, 1, 1]]).bool(), 2)
-    assert padded[:, 0].tolist() == [[0, 0, 0, 1, 1, 2, 2], [0, 0, 0, 1, 2, 1, 2]]
-
-
-def test_grid_rope_changes_only_what_image_tokens_see(tmp_path):
-    sequence = tiny_hydra(seed=3)
-    grid = tiny_hydra(seed=4, image_rope="grid")
-    grid.load_state_dict(sequence.state_dict())  # same weights: only the rotary positions differ
-    grid.save_pretrained(tmp_path)
-    reloaded = HydraForConditionalGeneration.from_pretrained(tmp_path).eval()
-    assert reloaded.config.image_rope == "grid"
-    processor = tiny_processor()
-    text_only = processor(text=["what shape is it ?"])
-    image = understanding_inputs(processor, ["what color is the shape ?"], [(255, 0, 0)])
-    prompts = generation_ids(processor, ["a red square"])
-    latents = torch.randn(1, 8, 4, 4, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        assert torch.allclose(sequence(**text_only).logits, grid(**text_only).logits, atol=1e-6)
-        assert not torch.allclose(sequence(**image).logits[:, -1], grid(**image).logits[:, -1], atol=1e-4)
-        assert torch.equal(grid(**image).logits, reloaded(**image).logits)
-        velocities = [m.flow_velocity(latents, 0.5, prompt_cache=m.prepare_prompt_cache(**prompts)) for m in (sequence, grid)]
-    assert not torch.allclose(*velocities, atol=1e-4)
-    inputs, labels, flags = mixed_batch(processor)
-    out = grid.train()(**inputs, labels=labels, image_generation_mask=flags)
-    out.loss.backward()
-    assert out.loss_flow is not None and out.loss_ntp is not None
-    assert grid.flow_head.output_proj.weight.grad.abs().sum() > 0
-
-
 # ---------------------------------------------------------------------------------------------------------- errors
 def test_placeholder_count_mismatch_is_a_clear_error():
     model, processor = tiny_hydra(), tiny_processor()
@@ -416,8 +378,8 @@ def test_placeholder_count_mismatch_is_a_clear_error():
         model(input_ids=inputs["input_ids"])
     with pytest.raises(ValueError, match=r"image_generation_mask must have shape \[1\]"):
         model(**inputs, image_generation_mask=torch.tensor([True, False]))
-    with pytest.raises(Exception, match="image_rope must be 'sequence' or 'grid'"):
-        tiny_config(image_rope="2d")
+    with pytest.raises(Exception, match="flow_head_hidden_size must be at least 1"):
+        tiny_config(flow_head_hidden_size=0)
 
 
 def test_parameter_counts_of_presets_on_meta_device():

@@ -240,9 +240,8 @@ class HydraPipeline(DiffusionPipeline):
                 f"latent_channels, height / {patch}, width / {patch}); got {list(latents.shape)}"
             )
         if image is not None:
-            images = [image] if isinstance(image, PIL.Image.Image) else image
-            if not isinstance(images, list) or len(images) != batch_size or not all(
-                isinstance(i, PIL.Image.Image) for i in images
+            if not isinstance(image, list) or len(image) != batch_size or not all(
+                isinstance(i, PIL.Image.Image) for i in image
             ):
                 raise ValueError(f"`image` must be a PIL image or a list of {batch_size} PIL image(s), one per prompt")
             if latents is not None:
@@ -313,11 +312,9 @@ class HydraPipeline(DiffusionPipeline):
         return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
 
     def noised_image_latents(
-        self, image: PIL.Image.Image | list[PIL.Image.Image], num_images_per_prompt: int, height: int, width: int,
-        noise: torch.Tensor,
+        self, images: list[PIL.Image.Image], num_images_per_prompt: int, height: int, width: int, noise: torch.Tensor
     ) -> torch.Tensor:
         """The images' normalised GSB means moved along the flow to the first sigma of the scheduler's schedule."""
-        images = [image] if isinstance(image, PIL.Image.Image) else image
         pixels = self.processor.image_processor(
             [i.convert("RGB") for i in images], size={"height": height, "width": width}, return_tensors="pt"
         )["pixel_values"]
@@ -426,6 +423,8 @@ class HydraPipeline(DiffusionPipeline):
         pag_applied_layers, guidance_interval = guidance["pag_applied_layers"], guidance["guidance_interval"]
 
         # 1. Check inputs
+        if isinstance(image, PIL.Image.Image):
+            image = [image]
         self.check_inputs(
             prompt,
             negative_prompt,

@@ -9,7 +9,7 @@ from transformers import HfArgumentParser
 
 from .data import load_training_dataset
 
-__all__ = ["DataArguments", "end_processes", "parse_arguments", "prepare_dataset", "resume_argument"]
+__all__ = ["DataArguments", "StageArguments", "end_processes", "parse_arguments", "prepare_dataset", "resume_argument"]
 
 
 @dataclass
@@ -26,6 +26,16 @@ class DataArguments:
     generation_ratio: float = field(default=0.5, metadata={"help": "share of rows used for text-to-image"})
     cfg_dropout_prob: float | None = field(default=None, metadata={"help": "prompt dropout; default: the model config's"})
     caption_prompt: str = field(default="describe the image .", metadata={"help": "question for caption-only rows"})
+
+
+@dataclass
+class StageArguments:
+    """What both trainers' scripts let a run change about a stage's parameters."""
+
+    trainable: list[str] | None = field(default=None, metadata={"help": "override the stage's trainable regexes"})
+    ema_decay: float | None = field(
+        default=None, metadata={"help": "keep an EMA of the trained weights (e.g. 0.9995) and save it as the model"}
+    )
 
 
 def parse_arguments(dataclass_types: tuple, args: list[str] | None = None) -> tuple:

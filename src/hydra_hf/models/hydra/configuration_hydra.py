@@ -79,11 +79,6 @@ class HydraConfig(PreTrainedConfig):
         image_token_id, boi_token_id, eoi_token_id (`int`): the image placeholder and the begin/end-of-image tokens.
         llm_vision_input (`str`): what the projector reads: `"semantic"` (Sem-ViT output; default, as Hydra-X
             describes HYDRA) or `"bottleneck"` (H_bn = unproj(z), skipping Sem-ViT).
-        image_rope (`str`): rotary positions of image tokens in the LLM. `"sequence"` (default; the paper's LLMs are
-            stock Qwen2.5) numbers them along the text like any token; `"grid"` gives each image token its row on
-            the even rotary frequencies and its column on the odd ones (an axial 2-D RoPE, as Qwen2-VL's
-            M-RoPE does per section), counted from the image's first position, so attention sees 2-D offsets
-            inside an image. Text positions are the same under both, so a text-only LLM loads unchanged.
         projector_hidden_act (`str`): activation of the two-layer projector MLP (vision width -> LLM width).
         time_embedding_dim (`int`): sinusoidal features of t before the time-embedding MLP (to LLM width).
         flow_head_hidden_size, flow_head_num_layers (`int`): the flow head, residual MLP blocks with adaLN driven by
@@ -114,7 +109,6 @@ class HydraConfig(PreTrainedConfig):
     boi_token_id: int = 151666
     eoi_token_id: int = 151667
     llm_vision_input: str = "semantic"
-    image_rope: str = "sequence"
     projector_hidden_act: str = "gelu"
     time_embedding_dim: int = 256
     flow_head_hidden_size: int | None = None
@@ -143,8 +137,11 @@ class HydraConfig(PreTrainedConfig):
         super().validate_architecture()
         if self.llm_vision_input not in ("semantic", "bottleneck"):
             raise ValueError(f"llm_vision_input must be 'semantic' or 'bottleneck', got {self.llm_vision_input!r}")
-        if self.image_rope not in ("sequence", "grid"):
-            raise ValueError(f"image_rope must be 'sequence' or 'grid', got {self.image_rope!r}")
+        if self.flow_head_hidden_size < 1 or self.flow_head_num_layers < 0:
+            raise ValueError(
+                f"flow_head_hidden_size must be at least 1 and flow_head_num_layers at least 0, got "
+                f"{self.flow_head_hidden_size} and {self.flow_head_num_layers}"
+            )
         vocab = self.text_config.vocab_size
         for name in ("image_token_id", "boi_token_id", "eoi_token_id"):
             if not 0 <= getattr(self, name) < vocab:

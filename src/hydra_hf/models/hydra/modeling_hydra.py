@@ -187,43 +187,6 @@ def image_block_ids(image_token_mask: torch.Tensor) -> torch.Tensor:
     return torch.where(image_token_mask, run_index, torch.full_like(run_index, -1))
 
 
-def image_grid_position_ids(position_ids: torch.Tensor, image_token_mask: torch.Tensor, grid_width: int) -> torch.Tensor:
-    """`[2, B, L]` (row, column) rotary positions for `HydraConfig.image_rope == "grid"`.
-
-    Text keeps its position in both streams. The k-th token of an image whose first token sits at position s gets
-    row s + k // grid_width and column s + k % grid_width: 2-D offsets inside the image, and every image token
-    still after the text before it and before the text after it.
-    """
-    position_ids = position_ids.expand(image_token_mask.shape[0], -1)
-    seen = image_token_mask.long().cumsum(dim=1)
-    starts = image_token_mask & ~F.pad(image_token_mask[:, :-1], (1, 0), value=False)
-    seen_before_image = torch.cummax(torch.where(starts, seen - 1, torch.zeros_like(seen)), dim=1).values
-    index_in_image = seen - 1 - seen_before_image
-    image_start = position_ids - index_in_image
-    rows = torch.where(image_token_mask, image_start + index_in_image // grid_width, position_ids)
-    columns = torch.where(image_token_mask, image_start + index_in_image % grid_width, position_ids)
-    return torch.stack([rows, columns])
-
-
-class ImageGridRotary(nn.Module):
-    """The LLM's own rotary embedding, which also takes `[2, B, L]` (row, column) positions: even frequencies turn
-    with the row, odd ones with the column (interleaved, so each axis spans fast and slow frequencies). With `[B, L]`
-    positions, or equal streams, it is the LLM's rotation exactly, so text is unaffected."""
-
-    def __init__(self, rotary: nn.Module):
-        super().__init__()
-        self.rotary = rotary
-
-    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if position_ids.ndim == 2:
-            return self.rotary(x, position_ids)
-        (cos_row, sin_row), (cos_column, sin_column) = self.rotary(x, position_ids[0]), self.rotary(x, position_ids[1])
-        # rotate_half layout: frequency j sits in columns j and j + head_dim / 2.
-        frequency = torch.arange(cos_row.shape[-1], device=cos_row.device) % (cos_row.shape[-1] // 2)
-        use_row = frequency % 2 == 0
-        return torch.where(use_row, cos_row, cos_column), torch.where(use_row, sin_row, sin_column)
-
-
 class HydraModel(HydraPreTrainedModel):
     """HYDRA-TOK + projector + time embedding + the LLM backbone; returns the LLM's hidden states."""
 
@@ -234,13 +197,6 @@ class HydraModel(HydraPreTrainedModel):
         self.time_proj = Timesteps(config.time_embedding_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embedding = TimestepEmbedding(config.time_embedding_dim, config.text_config.hidden_size)
         self.language_model = AutoModel.from_config(config.text_config)
-        if config.image_rope == "grid":
-            if not isinstance(getattr(self.language_model, "rotary_emb", None), nn.Module):
-                raise ValueError(
-                    f"image_rope='grid' needs an LLM with a rotary embedding module (`rotary_emb`, as LLaMA and Qwen2 "
-                    f"have); {type(self.language_model).__name__} has none"
-                )
-            self.language_model.rotary_emb = ImageGridRotary(self.language_model.rotary_emb)
         self.post_init()
 
     def get_input_embeddings(self):
@@ -284,13 +240,16 @@ class HydraModel(HydraPreTrainedModel):
 
     def _prepare_images(
         self,
-        image_latents: torch.Tensor,
+        pixel_values: torch.Tensor | None,
+        image_latents: torch.Tensor | None,
         image_generation_mask: torch.Tensor | None,
         timesteps: torch.Tensor | None,
         noise: torch.Tensor | None,
     ):
         """Visual tokens of every image plus, for the images being generated, time embeddings, flow targets and
         (with REPA on) the clean images' Sem-ViT features."""
+        if image_latents is None:
+            image_latents = self.image_latents(pixel_values)
         num_images = image_latents.shape[0]
         if image_generation_mask is None:
             image_generation_mask = torch.zeros(num_images, dtype=torch.bool, device=image_latents.device)
@@ -356,18 +315,6 @@ class HydraModel(HydraPreTrainedModel):
             block_sequence_ids=block_ids,
         )
 
-    def llm_position_ids(
-        self, position_ids: torch.Tensor | None, image_token_mask: torch.Tensor, grid_width: int, cache: Cache | None
-    ) -> torch.Tensor | None:
-        """The positions the LLM's rotary embedding reads: as given (or its default, counting on from the cache)
-        under `image_rope="sequence"`, row and column streams inside images under `"grid"`."""
-        if self.config.image_rope == "sequence":
-            return position_ids
-        if position_ids is None:
-            past = cache.get_seq_length() if cache is not None else 0
-            position_ids = torch.arange(image_token_mask.shape[1], device=image_token_mask.device)[None] + past
-        return image_grid_position_ids(position_ids, image_token_mask, grid_width)
-
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -400,10 +347,8 @@ class HydraModel(HydraPreTrainedModel):
         if has_images:
             if input_ids is None:
                 raise ValueError("input_ids are needed to place images (their image tokens mark where)")
-            if image_latents is None:
-                image_latents = self.image_latents(pixel_values)
             visual, time_embeds, flow_target, repa_target = self._prepare_images(
-                image_latents, image_generation_mask, timesteps, noise
+                pixel_values, image_latents, image_generation_mask, timesteps, noise
             )
             image_token_mask = self.get_placeholder_mask(input_ids, visual.shape[0], visual.shape[1])
             inputs_embeds = inputs_embeds.masked_scatter(image_token_mask[..., None], visual.to(inputs_embeds.dtype))
@@ -422,7 +367,6 @@ class HydraModel(HydraPreTrainedModel):
             cache = DynamicCache(config=self.language_model.config)
         if image_token_mask is not None and image_token_mask.any():
             attention_mask = self.block_causal_mask(inputs_embeds, attention_mask, cache, position_ids, image_token_mask)
-            position_ids = self.llm_position_ids(position_ids, image_token_mask, image_latents.shape[-1], cache)
 
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
@@ -624,7 +568,6 @@ class HydraForConditionalGeneration(HydraPreTrainedModel, GenerationMixin):
         query_is_image = torch.zeros(batch, inputs_embeds.shape[1], dtype=torch.bool, device=latents.device)
         query_is_image[:, -num_tokens:] = True
         mask = self.model.block_causal_mask(inputs_embeds, full_mask, cache, positions, query_is_image)
-        positions = self.model.llm_position_ids(positions, query_is_image, width, cache)
         with identity_attention(self.model.language_model, perturbed_layers, perturbed_rows):
             hidden = self.model.language_model(
                 inputs_embeds=inputs_embeds.to(self.dtype), attention_mask=mask, position_ids=positions, cache=cache,

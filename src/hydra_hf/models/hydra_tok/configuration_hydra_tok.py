@@ -145,6 +145,12 @@ class HydraTokConfig(PreTrainedConfig):
     def validate_architecture(self):
         """Catch inconsistent shapes at construction time rather than as a matmul error deep inside a forward."""
         super().validate_architecture()
+        sizes = ("image_size", "patch_size", "hidden_size", "num_attention_heads", "intermediate_size", "num_gen_layers",
+                 "latent_channels", "decoder_hidden_size", "decoder_num_layers", "decoder_num_attention_heads",
+                 "decoder_intermediate_size", "decoder_num_inference_steps")
+        too_small = {name: getattr(self, name) for name in sizes if getattr(self, name) < 1}
+        if too_small:
+            raise ValueError(f"these sizes must be at least 1: {too_small}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads ({self.num_attention_heads})")
         if self.decoder_hidden_size % self.decoder_num_attention_heads:
