@@ -56,6 +56,8 @@ def test_presets_compose_an_llm_and_hydra_tok():
         HydraConfig.from_preset("tiny", image_token_id=10_000)
     with pytest.raises(Exception, match="llm_vision_input"):
         HydraConfig.from_preset("tiny", llm_vision_input="pixels")
+    with pytest.raises(Exception, match="flow_head_hidden_size must be at least 1"):
+        HydraConfig.from_preset("tiny", flow_head_hidden_size=0)
 
 
 def test_model_and_processor_round_trip_through_the_auto_classes(tmp_path):
@@ -378,8 +380,6 @@ def test_placeholder_count_mismatch_is_a_clear_error():
         model(input_ids=inputs["input_ids"])
     with pytest.raises(ValueError, match=r"image_generation_mask must have shape \[1\]"):
         model(**inputs, image_generation_mask=torch.tensor([True, False]))
-    with pytest.raises(Exception, match="flow_head_hidden_size must be at least 1"):
-        tiny_config(flow_head_hidden_size=0)
 
 
 def test_parameter_counts_of_presets_on_meta_device():
