@@ -223,7 +223,7 @@ def latent_statistics(tokenizer_model: HydraTokModel, dataset, image_processor, 
 
 def assemble(
     work_dir: Path, dataset, tokenizer, tokenizer_path: Path, llm_path: Path, repa_weight: float = 0.0,
-    timestep_logit_mean: float = 0.0, flow_head_hidden_size: int = 256,
+    timestep_logit_mean: float = 0.0, flow_head_hidden_size: int = 256, seed: int = TRAIN_SEED,
 ) -> Path:
     output = work_dir / "assembled"
     if output.exists():
@@ -238,7 +238,7 @@ def assemble(
         flow_head_hidden_size=flow_head_hidden_size, flow_head_num_layers=3, repa_weight=repa_weight,
         timestep_logit_mean=timestep_logit_mean,
     )
-    torch.manual_seed(TRAIN_SEED)
+    torch.manual_seed(seed)
     model = HydraForConditionalGeneration(config)
     model.model.vision_model.load_state_dict(vision.state_dict())
     model.model.language_model.load_state_dict(llm.model.state_dict())
@@ -250,7 +250,7 @@ def assemble(
 
 def train_unified(
     work_dir: Path, dataset, start: Path, stage: str, scale: float, generation_ratio: float, cycle: int = 1,
-    ema_decay: float | None = None,
+    ema_decay: float | None = None, seed: int = TRAIN_SEED,
 ) -> Path:
     """One unified stage from `start`; cycle 2, 3, ... repeat a stage from the previous cycle's result."""
     name = f"unified_{stage}" if cycle == 1 else f"unified_{stage}_cycle{cycle}"
@@ -260,8 +260,8 @@ def train_unified(
     model = HydraForConditionalGeneration.from_pretrained(start)
     processor = HydraProcessor.from_pretrained(start)
     collator = HydraCollator(processor, generation_ratio=generation_ratio, cfg_dropout_prob=model.config.cfg_dropout_prob,
-                             caption_prompt=CAPTION_PROMPT, seed=TRAIN_SEED)
-    args = training_args(work_dir, f"unified_{stage}", scale, output_dir=str(work_dir / name))
+                             caption_prompt=CAPTION_PROMPT, seed=seed)
+    args = training_args(work_dir, f"unified_{stage}", scale, output_dir=str(work_dir / name), seed=seed)
     trainer = HydraTrainer(model, args, stage=stage, train_dataset=dataset,
                            data_collator=collator, processing_class=processor, ema_decay=ema_decay)
     run_trainer(trainer, output)
@@ -323,6 +323,13 @@ def main() -> None:
         help="width of the flow head's residual MLP blocks (512, with 8 latent channels: held-out GenEval-style 0.315 "
              "against 0.252, development 0.294 for both: README, eleventh round)",
     )
+    parser.add_argument(
+        "--unified_seed", type=int, default=TRAIN_SEED,
+        help="seed of the unified stages alone (the heads' initialisation, data order, prompt dropout, flow noise and "
+             "times; the data stay those of seed 0). To compare seeds on the same first stages, link semantic_vit, "
+             "llm, tokenizer_1 and tokenizer_2 into a fresh --work_dir: a finished assembled or unified stage found "
+             "there is reused whatever its seed",
+    )
     args = parser.parse_args()
     # Checked here, not when a stage builds its config: the flow head's is built after about 40 minutes of training.
     for flag in ("stage_ii_cycles", "latent_channels", "flow_head_hidden_size", "llm_hidden_size", "llm_num_layers"):
@@ -353,15 +360,16 @@ def main() -> None:
     tokenizer_path = train_tokenizer(args.work_dir, pretrain_dataset, semantic_vit, args.scale)
     logger.info("4. unified stages I-III")
     current = assemble(args.work_dir, pretrain_dataset, tokenizer, tokenizer_path, llm, args.repa_weight,
-                       args.timestep_logit_mean, args.flow_head_hidden_size)
+                       args.timestep_logit_mean, args.flow_head_hidden_size, args.unified_seed)
     check_reused_stage(parser, current, HydraConfig, {
         "repa_weight": args.repa_weight, "timestep_logit_mean": args.timestep_logit_mean,
         "flow_head_hidden_size": args.flow_head_hidden_size,
     })
-    current = train_unified(args.work_dir, dataset, current, "I", args.scale, 0.5, ema_decay=args.ema_decay)
+    unified = dict(ema_decay=args.ema_decay, seed=args.unified_seed)
+    current = train_unified(args.work_dir, dataset, current, "I", args.scale, 0.5, **unified)
     for cycle in range(1, args.stage_ii_cycles + 1):
-        current = train_unified(args.work_dir, dataset, current, "II", args.scale, 0.5, cycle, args.ema_decay)
-    current = train_unified(args.work_dir, dataset, current, "III", args.scale, 0.3, ema_decay=args.ema_decay)
+        current = train_unified(args.work_dir, dataset, current, "II", args.scale, 0.5, cycle, **unified)
+    current = train_unified(args.work_dir, dataset, current, "III", args.scale, 0.3, **unified)
     final = args.work_dir / "final"
     model = HydraForConditionalGeneration.from_pretrained(current)
     model.save_pretrained(final)
@@ -369,7 +377,8 @@ def main() -> None:
     recipe = {"stages": STAGES, "scale": args.scale, "scenes": args.num_scenes, "pretrain_scenes": args.num_pretrain_scenes,
               "stage_ii_cycles": args.stage_ii_cycles, "repa_weight": args.repa_weight, "ema_decay": args.ema_decay,
               "timestep_logit_mean": args.timestep_logit_mean, "llm": llm_size,
-              "latent_channels": args.latent_channels, "flow_head_hidden_size": args.flow_head_hidden_size, "seed": TRAIN_SEED}
+              "latent_channels": args.latent_channels, "flow_head_hidden_size": args.flow_head_hidden_size, "seed": TRAIN_SEED,
+              "unified_seed": args.unified_seed}
     (final / "training_recipe.json").write_text(json.dumps(recipe, indent=2))
     logger.info(f"done: {final}")
 
