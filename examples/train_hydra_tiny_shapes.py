@@ -269,7 +269,7 @@ def train_unified(
 
 
 def check_reused_stage(parser: argparse.ArgumentParser, stage: Path, config_class, expected: dict) -> None:
-    """A stage found in the work dir is reused as it is: refuse it if it was trained with other size flags."""
+    """A stage found in the work dir is reused as it is: refuse it if it was made with other flags (`expected`)."""
     config = config_class.from_pretrained(stage)
     differing = {key: getattr(config, key) for key, value in expected.items() if getattr(config, key) != value}
     if differing:
