@@ -56,11 +56,11 @@ logger = logging.getLogger("train_hydra_tiny_shapes")
 # unified stages see NUM_TRAIN_SCENES (the same seed, so a superset): with only 8000 question-answer pairs the unified
 # model memorised them (VQA 0.78 on training scenes, 0.66 on held-out ones).
 TRAIN_SEED, NUM_PRETRAIN_SCENES, NUM_TRAIN_SCENES = 0, 8000, 40000
-IMAGE_SIZE, PATCH_SIZE = 64, 8
+IMAGE_SIZE = 64
 CAPTION_PROMPT = "describe the image ."
 
 VISION = dict(
-    image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, hidden_size=128, num_attention_heads=4, intermediate_size=512,
+    image_size=IMAGE_SIZE, patch_size=8, hidden_size=128, num_attention_heads=4, intermediate_size=512,
     num_gen_layers=4, num_sem_layers=4, use_cls_token=False, layerscale_init=None, latent_channels=16,
     decoder_hidden_size=128, decoder_num_layers=4, decoder_num_attention_heads=4, decoder_intermediate_size=512,
     decoder_num_inference_steps=10, distillation_layers=[2, 4, 6, 8], perceptual_weight=0.0,
@@ -79,6 +79,10 @@ STAGES = {
     "unified_III": (600, 32, 1e-4),
 }
 GRID = 4  # the semantic ViT learns where each colour and shape lies on a GRID x GRID layout
+
+
+def shapes_image_processor(patch_size: int) -> HydraImageProcessor:
+    return HydraImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, patch_size=patch_size)
 
 
 def training_args(work_dir: Path, stage: str, scale: float, **overrides) -> TrainingArguments:
@@ -141,7 +145,7 @@ def pretrain_semantic_vit(work_dir: Path, dataset, scale: float, vision: dict) -
     torch.manual_seed(TRAIN_SEED)
     vit = HydraTokModel(HydraTokConfig(**vision))
     probe = AttributeProbe(vit, attribute_targets([]).numel())
-    tokenizer_collator = TokenizerCollator(HydraImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, patch_size=PATCH_SIZE))
+    tokenizer_collator = TokenizerCollator(shapes_image_processor(vision["patch_size"]))
 
     def collate(rows):
         batch = tokenizer_collator(rows)
@@ -163,11 +167,11 @@ def world_texts(dataset) -> list[str]:
     return chats + [f"<|im_start|>user\n{row['caption']}<|im_end|>" for row in rows]
 
 
-def pretrain_llm(work_dir: Path, dataset, tokenizer, scale: float, size: dict) -> Path:
+def pretrain_llm(work_dir: Path, dataset, tokenizer, scale: float, size: dict, seed: int = TRAIN_SEED) -> Path:
     output = work_dir / "llm" / "final"
     if output.exists():
         return output
-    torch.manual_seed(TRAIN_SEED)
+    torch.manual_seed(seed)
     config = Qwen2Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), **size,
                          num_attention_heads=size["hidden_size"] // LLM_HEAD_DIM,
@@ -176,7 +180,7 @@ def pretrain_llm(work_dir: Path, dataset, tokenizer, scale: float, size: dict) -
     texts = world_texts(dataset)
     encoded = [tokenizer(text)["input_ids"] for text in texts]
     trainer = Trainer(
-        model, training_args(work_dir, "llm", scale), train_dataset=[{"input_ids": ids} for ids in encoded],
+        model, training_args(work_dir, "llm", scale, seed=seed), train_dataset=[{"input_ids": ids} for ids in encoded],
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
     )
     run_trainer(trainer, output)
@@ -185,9 +189,9 @@ def pretrain_llm(work_dir: Path, dataset, tokenizer, scale: float, size: dict) -
 
 # ----------------------------------------------------------------------------------------------- 3. HYDRA-TOK
 def train_tokenizer(work_dir: Path, dataset, semantic_vit: Path, scale: float) -> Path:
-    image_processor = HydraImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, patch_size=PATCH_SIZE)
-    stage_one = work_dir / "tokenizer_1" / "final"
     teacher = HydraTokModel.from_pretrained(semantic_vit)
+    image_processor = shapes_image_processor(teacher.config.patch_size)
+    stage_one = work_dir / "tokenizer_1" / "final"
     if not stage_one.exists():
         model = HydraTokModel.from_pretrained(semantic_vit)
         trainer = HydraTokTrainer(
@@ -228,8 +232,8 @@ def assemble(
     output = work_dir / "assembled"
     if output.exists():
         return output
-    image_processor = HydraImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, patch_size=PATCH_SIZE)
     vision = HydraTokModel.from_pretrained(tokenizer_path)
+    image_processor = shapes_image_processor(vision.config.patch_size)
     mean, std = latent_statistics(vision, dataset, image_processor)
     llm = Qwen2ForCausalLM.from_pretrained(llm_path)
     config = HydraConfig(
@@ -319,6 +323,11 @@ def main() -> None:
              "(8: PSNR 29.82 dB, held-out GenEval-style 0.252 against 0.291, VQA 0.758: README, eleventh round)",
     )
     parser.add_argument(
+        "--patch_size", type=int, default=VISION["patch_size"],
+        help="side of HYDRA-TOK's square patches in pixels, a divisor of 64: the latent grid is 64 / patch_size on a "
+             "side, so 16 makes 16 image tokens instead of 64",
+    )
+    parser.add_argument(
         "--flow_head_hidden_size", type=int, default=256,
         help="width of the flow head's residual MLP blocks (512, with 8 latent channels: held-out GenEval-style 0.315 "
              "against 0.252, development 0.294 for both: README, eleventh round)",
@@ -330,11 +339,19 @@ def main() -> None:
              "llm, tokenizer_1 and tokenizer_2 into a fresh --work_dir: a finished assembled or unified stage found "
              "there is reused whatever its seed",
     )
+    parser.add_argument(
+        "--llm_seed", type=int, default=TRAIN_SEED,
+        help="seed of the LLM's pretraining alone (initialisation and data order), to tell the LLM's share of the "
+             "run-to-run spread from the tokenizer's: link semantic_vit, tokenizer_1 and tokenizer_2 into a fresh "
+             "--work_dir; a finished llm stage found there is reused whatever its seed",
+    )
     args = parser.parse_args()
     # Checked here, not when a stage builds its config: the flow head's is built after about 40 minutes of training.
-    for flag in ("stage_ii_cycles", "latent_channels", "flow_head_hidden_size", "llm_hidden_size", "llm_num_layers"):
+    for flag in ("stage_ii_cycles", "latent_channels", "patch_size", "flow_head_hidden_size", "llm_hidden_size", "llm_num_layers"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    if IMAGE_SIZE % args.patch_size:
+        parser.error(f"--patch_size must divide the {IMAGE_SIZE} px canvas, got {args.patch_size}")
     if args.llm_hidden_size % LLM_HEAD_DIM:
         parser.error(f"--llm_hidden_size must be a multiple of {LLM_HEAD_DIM}, got {args.llm_hidden_size}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -349,12 +366,12 @@ def main() -> None:
     tokenizer = train_word_tokenizer(texts)
 
     logger.info("1. semantic ViT")
-    vision = {**VISION, "latent_channels": args.latent_channels}
+    vision = {**VISION, "latent_channels": args.latent_channels, "patch_size": args.patch_size}
     semantic_vit = pretrain_semantic_vit(args.work_dir, pretrain_dataset, args.scale, vision)
-    check_reused_stage(parser, semantic_vit, HydraTokConfig, {"latent_channels": args.latent_channels})
+    check_reused_stage(parser, semantic_vit, HydraTokConfig, {key: vision[key] for key in ("latent_channels", "patch_size")})
     logger.info("2. LLM")
     llm_size = {**LLM, "hidden_size": args.llm_hidden_size, "num_hidden_layers": args.llm_num_layers}
-    llm = pretrain_llm(args.work_dir, pretrain_dataset, tokenizer, args.scale, llm_size)
+    llm = pretrain_llm(args.work_dir, pretrain_dataset, tokenizer, args.scale, llm_size, args.llm_seed)
     check_reused_stage(parser, llm, Qwen2Config, {key: llm_size[key] for key in ("hidden_size", "num_hidden_layers")})
     logger.info("3. HYDRA-TOK stages 1-2")
     tokenizer_path = train_tokenizer(args.work_dir, pretrain_dataset, semantic_vit, args.scale)
@@ -377,8 +394,8 @@ def main() -> None:
     recipe = {"stages": STAGES, "scale": args.scale, "scenes": args.num_scenes, "pretrain_scenes": args.num_pretrain_scenes,
               "stage_ii_cycles": args.stage_ii_cycles, "repa_weight": args.repa_weight, "ema_decay": args.ema_decay,
               "timestep_logit_mean": args.timestep_logit_mean, "llm": llm_size,
-              "latent_channels": args.latent_channels, "flow_head_hidden_size": args.flow_head_hidden_size, "seed": TRAIN_SEED,
-              "unified_seed": args.unified_seed}
+              "latent_channels": args.latent_channels, "patch_size": args.patch_size, "flow_head_hidden_size": args.flow_head_hidden_size, "seed": TRAIN_SEED,
+              "llm_seed": args.llm_seed, "unified_seed": args.unified_seed}
     (final / "training_recipe.json").write_text(json.dumps(recipe, indent=2))
     logger.info(f"done: {final}")
 
