@@ -319,13 +319,14 @@ def main() -> None:
     )
     parser.add_argument(
         "--latent_channels", type=int, default=VISION["latent_channels"],
-        help="channels of HYDRA-TOK's latent per 8x8 patch: what the flow head generates and the pixel decoder reads "
+        help="channels of HYDRA-TOK's latent per patch: what the flow head generates and the pixel decoder reads "
              "(8: PSNR 29.82 dB, held-out GenEval-style 0.252 against 0.291, VQA 0.758: README, eleventh round)",
     )
     parser.add_argument(
         "--patch_size", type=int, default=VISION["patch_size"],
         help="side of HYDRA-TOK's square patches in pixels, a divisor of 64: the latent grid is 64 / patch_size on a "
-             "side, so 16 makes 16 image tokens instead of 64",
+             "side (16, with 32 latent channels: 16 image tokens, the recipe in 30 minutes, but PSNR 25.42 dB, "
+             "held-out GenEval-style 0.183, VQA 0.700: README, thirteenth round)",
     )
     parser.add_argument(
         "--flow_head_hidden_size", type=int, default=256,

@@ -382,7 +382,8 @@ def test_model_cpu_offload_matches_the_model_on_the_accelerator(pipe):
         (dict(strength=0.5), r"`strength` must be in \(0, 1\] .*got 0\.5 with no `image`"),
         (dict(image=[PIL.Image.new("RGB", (32, 32))] * 2, strength=0.0), r"`strength` must be in \(0, 1\]"),
         (dict(image=[PIL.Image.new("RGB", (32, 32))] * 2, strength=0.1), r"round to at least one step, got 0\.1 \* 3"),
-        (dict(image=PIL.Image.new("RGB", (32, 32))), r"a list of 2 PIL image\(s\), one per prompt"),
+        (dict(image=PIL.Image.new("RGB", (32, 32))), r"one PIL image per prompt \(2\), got a list of 1 \(Image\)"),
+        (dict(image=[PIL.Image.new("RGB", (32, 32)), "x.png"]), r"one PIL image per prompt \(2\), got a list of 2 \(Image, str\)"),
         (dict(image=[PIL.Image.new("RGB", (32, 32))] * 2, latents=torch.zeros(2, 8, 4, 4)), r"`image` .* or `latents`, not both"),
     ],
 )

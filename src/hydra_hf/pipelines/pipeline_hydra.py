@@ -243,7 +243,11 @@ class HydraPipeline(DiffusionPipeline):
             if not isinstance(image, list) or len(image) != batch_size or not all(
                 isinstance(i, PIL.Image.Image) for i in image
             ):
-                raise ValueError(f"`image` must be a PIL image or a list of {batch_size} PIL image(s), one per prompt")
+                given = (
+                    f"a list of {len(image)} ({', '.join(type(i).__name__ for i in image)})"
+                    if isinstance(image, list) else type(image).__name__
+                )
+                raise ValueError(f"`image` must be one PIL image per prompt ({batch_size}), got {given}")
             if latents is not None:
                 raise ValueError("pass `image` (to start from its noised latent) or `latents`, not both")
         if not 0.0 < strength <= 1.0 or (image is None and strength != 1.0):
