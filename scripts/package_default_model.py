@@ -78,6 +78,8 @@ def main() -> None:
             "unified stage II cycles": str(recipe.get("stage_ii_cycles", 1)),
             "training scenes": f"{recipe['scenes']} for the unified stages, the first {recipe.get('pretrain_scenes', recipe['scenes'])} "
             f"of them for the pretraining and tokenizer stages (seed {recipe['seed']})",
+            "seeds": f"data and first stages {recipe['seed']}, LLM pretraining {recipe.get('llm_seed', recipe['seed'])}, "
+            f"unified stages {recipe.get('unified_seed', recipe['seed'])}",
             "evaluation": f"{scores['num_scenes']} held-out scenes (seed {scores['seed']}), `hydra-hf eval shapes`, "
             f"{scores['settings']}",
         },
