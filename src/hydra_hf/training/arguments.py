@@ -3,6 +3,7 @@
 the scripts' shared start and end (`prepare_dataset`, `end_processes`)."""
 
 import sys
+import time
 from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
@@ -10,6 +11,8 @@ from transformers import HfArgumentParser
 from .data import load_training_dataset
 
 __all__ = ["DataArguments", "StageArguments", "end_processes", "parse_arguments", "prepare_dataset", "resume_argument"]
+
+GLOO_WORKER_SETTLE_SECONDS = 1.0  # see end_processes
 
 
 @dataclass
@@ -70,6 +73,14 @@ def end_processes(trainer) -> None:
     A rank that reaches interpreter exit with its process group still alive (here: rank 1, while rank 0 still wrote
     the final model) can abort in gloo's thread teardown with "terminate called without an active exception"
     (pytorch/pytorch#190489). Call it only after a successful run: a rank that failed must not wait for the others.
+
+    After the barrier, a gloo worker thread still has to free the barrier's work (which holds the last reference to
+    the final all-gather and its Python-owned tensors), and that needs the GIL. If the DDP reducer then drops the
+    process group while the main thread holds the GIL, `~ProcessGroupGloo` joins that thread and both wait forever
+    (seen as a hang at the end of a 2-process CPU run, about 1 in 20 under load; py-spy showed exactly these two
+    stacks). Sleeping, which frees the GIL, lets the worker finish first.
     """
     trainer.accelerator.wait_for_everyone()
+    if trainer.accelerator.num_processes > 1:
+        time.sleep(GLOO_WORKER_SETTLE_SECONDS)
     trainer.accelerator.end_training()
