@@ -226,8 +226,8 @@ def latent_statistics(tokenizer_model: HydraTokModel, dataset, image_processor, 
 
 
 def assemble(
-    work_dir: Path, dataset, tokenizer, tokenizer_path: Path, llm_path: Path, repa_weight: float = 0.0,
-    timestep_logit_mean: float = 0.0, flow_head_hidden_size: int = 256, seed: int = TRAIN_SEED,
+    work_dir: Path, dataset, tokenizer, tokenizer_path: Path, llm_path: Path, *, repa_weight: float,
+    timestep_logit_mean: float, flow_head_hidden_size: int, seed: int,
 ) -> Path:
     output = work_dir / "assembled"
     if output.exists():
@@ -371,16 +371,19 @@ def main() -> None:
     logger.info("1. semantic ViT")
     vision = {**VISION, "latent_channels": args.latent_channels, "patch_size": args.patch_size}
     semantic_vit = pretrain_semantic_vit(args.work_dir, pretrain_dataset, args.scale, vision)
-    check_reused_stage(parser, semantic_vit, HydraTokConfig, {key: vision[key] for key in ("latent_channels", "patch_size")})
+    tokenizer_shape = {key: vision[key] for key in ("latent_channels", "patch_size")}
+    check_reused_stage(parser, semantic_vit, HydraTokConfig, tokenizer_shape)
     logger.info("2. LLM")
     llm_size = {**LLM, "hidden_size": args.llm_hidden_size, "num_hidden_layers": args.llm_num_layers}
     llm = pretrain_llm(args.work_dir, pretrain_dataset, tokenizer, args.scale, llm_size, args.llm_seed)
     check_reused_stage(parser, llm, Qwen2Config, {key: llm_size[key] for key in ("hidden_size", "num_hidden_layers")})
     logger.info("3. HYDRA-TOK stages 1-2")
     tokenizer_path = train_tokenizer(args.work_dir, pretrain_dataset, semantic_vit, args.scale)
+    check_reused_stage(parser, tokenizer_path, HydraTokConfig, tokenizer_shape)  # a linked tokenizer may come from elsewhere
     logger.info("4. unified stages I-III")
-    current = assemble(args.work_dir, pretrain_dataset, tokenizer, tokenizer_path, llm, args.repa_weight,
-                       args.timestep_logit_mean, args.flow_head_hidden_size, args.unified_seed)
+    current = assemble(args.work_dir, pretrain_dataset, tokenizer, tokenizer_path, llm, repa_weight=args.repa_weight,
+                       timestep_logit_mean=args.timestep_logit_mean, flow_head_hidden_size=args.flow_head_hidden_size,
+                       seed=args.unified_seed)
     check_reused_stage(parser, current, HydraConfig, {
         "repa_weight": args.repa_weight, "timestep_logit_mean": args.timestep_logit_mean,
         "flow_head_hidden_size": args.flow_head_hidden_size,

@@ -29,6 +29,22 @@ def eval_table(scores: dict) -> dict[str, float]:
     return table
 
 
+def recipe_command(recipe: dict) -> str:
+    """The recipe's command line with every flag its training_recipe.json records (older recipes record fewer; a
+    flag they lack took the script's default of that time)."""
+    flags = {
+        "scale": recipe.get("scale"), "num_scenes": recipe.get("scenes"), "num_pretrain_scenes": recipe.get("pretrain_scenes"),
+        "stage_ii_cycles": recipe.get("stage_ii_cycles"), "repa_weight": recipe.get("repa_weight"),
+        "ema_decay": recipe.get("ema_decay"), "timestep_logit_mean": recipe.get("timestep_logit_mean"),
+        "llm_hidden_size": recipe.get("llm", {}).get("hidden_size"), "llm_num_layers": recipe.get("llm", {}).get("num_hidden_layers"),
+        "latent_channels": recipe.get("latent_channels"), "patch_size": recipe.get("patch_size"),
+        "flow_head_hidden_size": recipe.get("flow_head_hidden_size"), "llm_seed": recipe.get("llm_seed"),
+        "unified_seed": recipe.get("unified_seed"),
+    }
+    given = " ".join(f"--{name} {value}" for name, value in flags.items() if value is not None)
+    return f"python examples/train_hydra_tiny_shapes.py --work_dir DIR {given}"
+
+
 def install_generation_defaults(settings: dict) -> dict:
     """Write the guidance of the scored run into the installed generation config, so that the pipeline, `hydra-hf`
     and the card's figures agree without anyone passing it; and turn the KV cache back on for `generate` in
@@ -74,10 +90,11 @@ def main() -> None:
         ),
         training_details={
             "recipe": "examples/train_hydra_tiny_shapes.py (semantic ViT, word tokenizer, LLM, HYDRA-TOK 1-2, unified I-III)",
+            "command": f"`{recipe_command(recipe)}`",
             "steps, batch, learning rate per stage": json.dumps(recipe["stages"]),
             "unified stage II cycles": str(recipe.get("stage_ii_cycles", 1)),
             "training scenes": f"{recipe['scenes']} for the unified stages, the first {recipe.get('pretrain_scenes', recipe['scenes'])} "
-            f"of them for the pretraining and tokenizer stages (seed {recipe['seed']})",
+            "of them for the pretraining and tokenizer stages",
             "seeds": f"data and first stages {recipe['seed']}, LLM pretraining {recipe.get('llm_seed', recipe['seed'])}, "
             f"unified stages {recipe.get('unified_seed', recipe['seed'])}",
             "evaluation": f"{scores['num_scenes']} held-out scenes (seed {scores['seed']}), `hydra-hf eval shapes`, "
