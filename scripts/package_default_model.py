@@ -92,7 +92,6 @@ def main() -> None:
             "recipe": "examples/train_hydra_tiny_shapes.py (semantic ViT, word tokenizer, LLM, HYDRA-TOK 1-2, unified I-III)",
             "command": f"`{recipe_command(recipe)}`",
             "steps, batch, learning rate per stage": json.dumps(recipe["stages"]),
-            "unified stage II cycles": str(recipe.get("stage_ii_cycles", 1)),
             "training scenes": f"{recipe['scenes']} for the unified stages, the first {recipe.get('pretrain_scenes', recipe['scenes'])} "
             "of them for the pretraining and tokenizer stages",
             "seeds": f"data and first stages {recipe['seed']}, LLM pretraining {recipe.get('llm_seed', recipe['seed'])}, "
