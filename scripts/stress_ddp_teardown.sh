@@ -1,7 +1,7 @@
 #!/bin/bash
 # Repeat a 2-process CPU run of HYDRA-TOK stage 2 (the CI test's second torchrun) and count the runs that hang at
 # teardown; on a hang, write py-spy stacks (native frames) of every process. This is how end_processes' sleep was
-# measured: 2 hangs in 49 runs without it and 0 in 70 with it, each with 3-6 busy loops beside it
+# measured: 2 hangs in 49 runs without it and 0 in 105 with it, each with 3-6 busy loops beside it
 # (`python3 -c "while True: pass" &`) to mimic a loaded CI machine.
 #
 #   scripts/stress_ddp_teardown.sh WORK_DIR [RUNS]      (needs `pip install py-spy` for the stacks)

@@ -77,7 +77,7 @@ def end_processes(trainer) -> None:
     After the barrier, a gloo worker thread still has to free the barrier's work (which holds the last reference to
     the final all-gather and its Python-owned tensors), and that needs the GIL. If the DDP reducer then drops the
     process group while the main thread holds the GIL, `~ProcessGroupGloo` joins that thread and both wait forever
-    (a hang at the end of a 2-process CPU run: 2 of 49 runs under load, 0 of 70 with the sleep, measured by
+    (a hang at the end of a 2-process CPU run: 2 of 49 runs under load, 0 of 105 with the sleep, measured by
     scripts/stress_ddp_teardown.sh; py-spy showed exactly these two stacks). Sleeping, which frees the GIL, lets the
     worker finish first.
     """
