@@ -6,6 +6,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+import torch
 from transformers import HfArgumentParser
 
 from .data import load_training_dataset
@@ -79,9 +80,9 @@ def end_processes(trainer) -> None:
     process group while the main thread holds the GIL, `~ProcessGroupGloo` joins that thread and both wait forever
     (a hang at the end of a 2-process CPU run: 2 of 49 runs under load, 0 of 105 with the sleep, measured by
     scripts/stress_ddp_teardown.sh; py-spy showed exactly these two stacks). Sleeping, which frees the GIL, lets the
-    worker finish first.
+    worker finish first. Only gloo needs it; NCCL's teardown does not take this path.
     """
     trainer.accelerator.wait_for_everyone()
-    if trainer.accelerator.num_processes > 1:
+    if trainer.accelerator.num_processes > 1 and torch.distributed.get_backend() == "gloo":
         time.sleep(GLOO_WORKER_SETTLE_SECONDS)
     trainer.accelerator.end_training()
