@@ -44,8 +44,6 @@ def flow_loss(model, batches: list[dict], time: float) -> float:
 
 
 def flow_loss_table(args) -> dict:
-    if any(not 0 <= time <= 1 for time in args.times):
-        raise SystemExit(f"--times must lie in [0, 1], got {args.times}")
     scenes = make_shapes_dataset(args.num_scenes, seed=HELD_OUT_SEED)
     rows = [list(scenes.select(range(start, min(start + args.batch_size, len(scenes)))))
             for start in range(0, len(scenes), args.batch_size)]
@@ -117,6 +115,8 @@ def main() -> None:
         command.add_argument("models", nargs="+", help="HYDRA folders")
         command.add_argument("--json", help="also write the results as JSON here")
     args = parser.parse_args()
+    if args.command == "flow-loss" and any(not 0 <= time <= 1 for time in args.times):
+        flow.error(f"--times must lie in [0, 1], got {args.times}")
     results = flow_loss_table(args) if args.command == "flow-loss" else word_effect_table(args)
     if args.json:
         with open(args.json, "w") as handle:
