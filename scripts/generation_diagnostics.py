@@ -2,6 +2,7 @@
 
     python scripts/generation_diagnostics.py flow-loss outputs/a/final outputs/b/final [--times 0.5 0.7 0.85 0.95]
     python scripts/generation_diagnostics.py word-effect outputs/a/final [--seeds 4]
+    python scripts/generation_diagnostics.py word-probe outputs/a/final [--steps 0 10 20 29]
 
 flow-loss: held-out flow-matching loss at fixed flow times (1 = noise), with the caption and with the empty prompt
 (their difference is how much the velocity uses the prompt). Training logs one loss averaged over sampled times,
@@ -12,6 +13,11 @@ word-effect: how much each word of a one-object prompt ("a red circle") changes 
 noise. It prints the mean absolute pixel difference (0-255) when the shape word, the colour word or the seed
 changes, and the overlap (IoU) of the drawn pixels when the shape word or the seed changes: a model that draws
 shapes gives shape swaps an IoU well below 1.
+
+word-probe: whether the prompt's words reach the image tokens at all. While sampling "a {colour} {shape}" (every
+palette colour and shape, 8 noise seeds; no classifier-free guidance, so the conditional rows are the first), it keeps the flow head's input averaged over the
+image tokens at the chosen steps, and prints how often a linear probe trained on 6 seeds names the colour and the
+shape of the 2 others' prompts (chance: 1/6 and 1/3).
 """
 
 import argparse
@@ -101,6 +107,58 @@ def word_effect_table(args) -> dict:
     return results
 
 
+def probe_accuracy(features: torch.Tensor, labels: torch.Tensor, train_seeds: int) -> float:
+    """Test accuracy of an L2-regularised logistic regression on `features` `[seeds, prompts, dim]`, trained on the
+    first `train_seeds` seeds and tested on the rest."""
+    train, test = features[:train_seeds].flatten(0, 1), features[train_seeds:].flatten(0, 1)
+    mean, std = train.mean(0), train.std(0) + 1e-6
+    train, test = (train - mean) / std, (test - mean) / std
+    train_labels, test_labels = labels.repeat(train_seeds), labels.repeat(len(features) - train_seeds)
+    weight = torch.zeros(features.shape[-1], int(labels.max()) + 1, requires_grad=True)
+    bias = torch.zeros(weight.shape[1], requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(train @ weight + bias, train_labels) + 1e-3 * weight.square().sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return ((test @ weight + bias).argmax(1) == test_labels).float().mean().item()
+
+
+def word_probe_table(args, seeds: int = 8, train_seeds: int = 6) -> dict:
+    colours = list(PALETTE)
+    prompts = [f"a {colour} {shape}" for colour in colours for shape in SHAPES]
+    colour_labels = torch.tensor([index // len(SHAPES) for index in range(len(prompts))])
+    shape_labels = torch.tensor([index % len(SHAPES) for index in range(len(prompts))])
+    results = {}
+    for path in args.models:
+        pipe = HydraPipeline.from_pretrained(path)
+        pipe.set_progress_bar_config(disable=True)
+        calls = []  # the flow head's input at every step; the conditional rows come first under PAG alone
+        hook = pipe.model.flow_head.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0]))
+        features = {step: [] for step in args.steps}
+        with torch.no_grad():
+            for seed in range(seeds):
+                calls.clear()
+                pipe(prompts, generator=[torch.Generator().manual_seed(seed) for _ in prompts],
+                     num_inference_steps=args.num_inference_steps, guidance_scale=1.0, pag_scale=args.pag_scale,
+                     pag_applied_layers=args.pag_layers)
+                for step in args.steps:
+                    features[step].append(calls[step][: len(prompts)].mean(dim=1))
+        hook.remove()
+        results[path] = {
+            step: {"colour": probe_accuracy(torch.stack(rows), colour_labels, train_seeds),
+                   "shape": probe_accuracy(torch.stack(rows), shape_labels, train_seeds)}
+            for step, rows in features.items()
+        }
+        print(path, " | ".join(f"step {step}: colour {accuracy['colour']:.2f}, shape {accuracy['shape']:.2f}"
+                               for step, accuracy in results[path].items()), flush=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -111,13 +169,21 @@ def main() -> None:
     word = commands.add_parser("word-effect", help="how much the shape word, colour word and seed change an image")
     word.add_argument("--seeds", type=int, default=4, help="noise seeds per prompt")
     word.add_argument("--colors", type=int, default=4, help="the first this many palette colours")
-    for command in (flow, word):
+    probe = commands.add_parser("word-probe", help="whether a linear probe reads the prompt's words from the image tokens")
+    probe.add_argument("--steps", type=int, nargs="+", default=[0, 10, 20, 29], help="sampling steps to probe at")
+    probe.add_argument("--num-inference-steps", type=int, default=30)
+    probe.add_argument("--pag-scale", type=float, default=3.0, help="the shipped default; 0 samples without guidance")
+    probe.add_argument("--pag-layers", type=int, nargs="+", default=[1])
+    for command in (flow, word, probe):
         command.add_argument("models", nargs="+", help="HYDRA folders")
         command.add_argument("--json", help="also write the results as JSON here")
     args = parser.parse_args()
     if args.command == "flow-loss" and any(not 0 <= time <= 1 for time in args.times):
         flow.error(f"--times must lie in [0, 1], got {args.times}")
-    results = flow_loss_table(args) if args.command == "flow-loss" else word_effect_table(args)
+    if args.command == "word-probe" and any(not 0 <= step < args.num_inference_steps for step in args.steps):
+        probe.error(f"--steps must lie in [0, {args.num_inference_steps}), got {args.steps}")
+    tables = {"flow-loss": flow_loss_table, "word-effect": word_effect_table, "word-probe": word_probe_table}
+    results = tables[args.command](args)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from .utils import tiny_hydra, tiny_processor
 
@@ -55,3 +56,12 @@ def test_drawn_iou_counts_pixels_darker_than_the_white_background(diagnostics):
     second[0, 1:3] = [0, 0, 200]
     assert diagnostics.drawn_iou(first, second) == pytest.approx(1 / 3)
     assert diagnostics.drawn_iou(white, white) == 0.0
+
+
+def test_probe_reads_a_label_the_features_carry_and_not_one_they_do_not(diagnostics):
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(6) % 3  # 6 prompts, 3 classes, as colour or shape of the prompts; 8 seeds of features
+    noise = torch.randn(8, 6, 16, generator=generator)
+    carried = noise + 10 * torch.nn.functional.pad(torch.nn.functional.one_hot(labels, 3), (0, 13))
+    assert diagnostics.probe_accuracy(carried, labels, train_seeds=6) == 1.0
+    assert diagnostics.probe_accuracy(noise, labels, train_seeds=6) < 0.6  # chance is 1/3, on 12 test rows
