@@ -9,15 +9,19 @@ flow-loss: held-out flow-matching loss at fixed flow times (1 = noise), with the
 which did not rank runs by their generation scores (README, thirteenth round); every model here sees the same
 scenes (seed 12345, never trained on) and the same noise, so the columns compare across checkpoints.
 
+word-effect and word-probe sample without classifier-free guidance and with perturbed-attention guidance as the
+shipped model does (--pag-scale 3 --pag-layers 1), whatever the checkpoint's own defaults, so that checkpoints
+compare.
+
 word-effect: how much each word of a one-object prompt ("a red circle") changes the image drawn from the same
 noise. It prints the mean absolute pixel difference (0-255) when the shape word, the colour word or the seed
 changes, and the overlap (IoU) of the drawn pixels when the shape word or the seed changes: a model that draws
 shapes gives shape swaps an IoU well below 1.
 
 word-probe: whether the prompt's words reach the image tokens at all. While sampling "a {colour} {shape}" (every
-palette colour and shape, 8 noise seeds; no classifier-free guidance, so the conditional rows are the first), it keeps the flow head's input averaged over the
-image tokens at the chosen steps, and prints how often a linear probe trained on 6 seeds names the colour and the
-shape of the 2 others' prompts (chance: 1/6 and 1/3).
+palette colour and shape, 8 noise seeds), it keeps the flow head's input averaged over the image tokens at the
+chosen steps, and prints how often a linear probe trained on 6 seeds names the colour and the shape of the 2
+others' prompts (chance: 1/6 and 1/3).
 """
 
 import argparse
@@ -60,11 +64,17 @@ def flow_loss_table(args) -> dict:
         processor = HydraProcessor.from_pretrained(path)
         results[path] = {}
         for prompt, dropout in (("caption", 0.0), ("empty", 1.0)):
-            batches = [HydraCollator(processor, generation_ratio=1.0, cfg_dropout_prob=dropout)(chunk) for chunk in rows]
+            collator = HydraCollator(processor, generation_ratio=1.0, cfg_dropout_prob=dropout)
+            batches = [collator(chunk) for chunk in rows]
             losses = {time: flow_loss(model, batches, time) for time in args.times}
             results[path][prompt] = losses
             print(f"{path} | {prompt} | " + " | ".join(f"{loss:.3f}" for loss in losses.values()), flush=True)
     return results
+
+
+def sampling_settings(args) -> dict:
+    """No classifier-free guidance (so a call's conditional rows come first), PAG as the command line says."""
+    return dict(guidance_scale=1.0, pag_scale=args.pag_scale, pag_applied_layers=args.pag_layers)
 
 
 def drawn_iou(first: np.ndarray, second: np.ndarray) -> float:
@@ -82,7 +92,7 @@ def word_effect_table(args) -> dict:
         images = {}  # (seed, prompt) -> pixels
         for seed in range(args.seeds + 1):  # the last seed only serves as the seed swap of the one before it
             generators = [torch.Generator().manual_seed(seed) for _ in prompts]
-            for prompt, image in zip(prompts, pipe(prompts, generator=generators).images):
+            for prompt, image in zip(prompts, pipe(prompts, generator=generators, **sampling_settings(args)).images):
                 images[seed, prompt] = np.asarray(image, dtype=np.float32)
         difference = {"shape word": [], "colour word": [], "seed": []}
         iou = {"shape word": [], "seed": []}
@@ -137,15 +147,14 @@ def word_probe_table(args, seeds: int = 8, train_seeds: int = 6) -> dict:
     for path in args.models:
         pipe = HydraPipeline.from_pretrained(path)
         pipe.set_progress_bar_config(disable=True)
-        calls = []  # the flow head's input at every step; the conditional rows come first under PAG alone
+        calls = []  # the flow head's input at every step
         hook = pipe.model.flow_head.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0]))
         features = {step: [] for step in args.steps}
         with torch.no_grad():
             for seed in range(seeds):
                 calls.clear()
                 pipe(prompts, generator=[torch.Generator().manual_seed(seed) for _ in prompts],
-                     num_inference_steps=args.num_inference_steps, guidance_scale=1.0, pag_scale=args.pag_scale,
-                     pag_applied_layers=args.pag_layers)
+                     num_inference_steps=args.num_inference_steps, **sampling_settings(args))
                 for step in args.steps:
                     features[step].append(calls[step][: len(prompts)].mean(dim=1))
         hook.remove()
@@ -169,11 +178,12 @@ def main() -> None:
     word = commands.add_parser("word-effect", help="how much the shape word, colour word and seed change an image")
     word.add_argument("--seeds", type=int, default=4, help="noise seeds per prompt")
     word.add_argument("--colors", type=int, default=4, help="the first this many palette colours")
-    probe = commands.add_parser("word-probe", help="whether a linear probe reads the prompt's words from the image tokens")
+    probe = commands.add_parser("word-probe", help="can a linear probe read the prompt's words from the image tokens")
     probe.add_argument("--steps", type=int, nargs="+", default=[0, 10, 20, 29], help="sampling steps to probe at")
     probe.add_argument("--num-inference-steps", type=int, default=30)
-    probe.add_argument("--pag-scale", type=float, default=3.0, help="the shipped default; 0 samples without guidance")
-    probe.add_argument("--pag-layers", type=int, nargs="+", default=[1])
+    for command in (word, probe):
+        command.add_argument("--pag-scale", type=float, default=3.0, help="the shipped default; 0: no guidance")
+        command.add_argument("--pag-layers", type=int, nargs="+", default=[1])
     for command in (flow, word, probe):
         command.add_argument("models", nargs="+", help="HYDRA folders")
         command.add_argument("--json", help="also write the results as JSON here")
