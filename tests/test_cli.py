@@ -9,15 +9,12 @@ from hydra_hf import cli
 from hydra_hf.evaluation.shapes_eval import evaluate_shapes
 from hydra_hf.pipelines import HydraPipeline
 
-from .utils import tiny_hydra, tiny_processor
+from .utils import save_tiny_hydra
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-hydra")
-    tiny_hydra().save_pretrained(folder)
-    tiny_processor().save_pretrained(folder)
-    return folder
+    return save_tiny_hydra(tmp_path_factory.mktemp("tiny-hydra"))
 
 
 def test_every_command_has_help(capsys):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from .utils import tiny_hydra, tiny_processor
+from .utils import save_tiny_hydra
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "generation_diagnostics.py"
 
@@ -22,10 +22,7 @@ def diagnostics():
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-hydra")
-    tiny_hydra().save_pretrained(folder)
-    tiny_processor().save_pretrained(folder)
-    return folder
+    return save_tiny_hydra(tmp_path_factory.mktemp("tiny-hydra"))
 
 
 def run(diagnostics, monkeypatch, *argv):
@@ -35,9 +32,7 @@ def run(diagnostics, monkeypatch, *argv):
 
 def test_flow_loss_gives_every_model_the_same_scenes_and_noise(diagnostics, model_dir, tmp_path, monkeypatch):
     # The same weights under two paths must score identically at each time and prompt: the table compares models.
-    twin = tmp_path / "twin"
-    tiny_hydra().save_pretrained(twin)
-    tiny_processor().save_pretrained(twin)
+    twin = save_tiny_hydra(tmp_path / "twin")
     output = tmp_path / "losses.json"
     run(diagnostics, monkeypatch, "flow-loss", model_dir, twin, "--num-scenes", 4, "--batch-size", 2,
         "--times", 0.2, 0.9, "--json", output)

@@ -33,6 +33,13 @@ def tiny_processor(image_size: int = 32, patch_size: int = 8) -> HydraProcessor:
     return HydraProcessor(image_processor=image_processor, tokenizer=_tokenizer())
 
 
+def save_tiny_hydra(folder):
+    """A tiny HYDRA folder, as `from_pretrained` and the CLI read it."""
+    tiny_hydra().save_pretrained(folder)
+    tiny_processor().save_pretrained(folder)
+    return folder
+
+
 def tiny_config(text_model_type: str = "qwen2", **overrides) -> HydraConfig:
     """The tiny preset wired to the test tokenizer's vocabulary and image-token ids."""
     tokenizer = _tokenizer()
