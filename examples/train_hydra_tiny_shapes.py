@@ -330,9 +330,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--flow_head_hidden_size", type=int, default=256,
-        help="width of the flow head's residual MLP blocks (512, with 8 latent channels, over three unified seeds: "
-             "held-out GenEval-style 0.268-0.315, mean 0.284, against 0.212 for 256 and 16 channels; not significant "
-             "with three draws, and 8 channels miss the PSNR target: README, eleventh and fourteenth rounds)",
+        help="width of the flow head's residual MLP blocks (512: held-out GenEval-style mean 0.284 over three unified "
+             "seeds with 8 latent channels, 0.237 over two with 16, against 0.212 over three for 256 with 16; none of "
+             "it significant, and 8 channels miss the PSNR target: README, eleventh, fourteenth, fifteenth rounds)",
     )
     parser.add_argument(
         "--unified_seed", type=int, default=TRAIN_SEED,

@@ -33,10 +33,9 @@ import torch
 
 from hydra_hf import HydraForConditionalGeneration, HydraPipeline, HydraProcessor
 from hydra_hf.data import PALETTE, SHAPES, make_shapes_dataset
+from hydra_hf.evaluation.shapes import drawn_mask
+from hydra_hf.evaluation.shapes_eval import EVAL_SEED
 from hydra_hf.training import HydraCollator
-
-HELD_OUT_SEED = 12345
-DRAWN_BELOW = 200  # a pixel whose darkest channel is below this is drawn (the background is white)
 
 
 @torch.no_grad()
@@ -54,7 +53,7 @@ def flow_loss(model, batches: list[dict], time: float) -> float:
 
 
 def flow_loss_table(args) -> dict:
-    scenes = make_shapes_dataset(args.num_scenes, seed=HELD_OUT_SEED)
+    scenes = make_shapes_dataset(args.num_scenes, seed=EVAL_SEED)
     rows = [list(scenes.select(range(start, min(start + args.batch_size, len(scenes)))))
             for start in range(0, len(scenes), args.batch_size)]
     results = {}
@@ -77,8 +76,14 @@ def sampling_settings(args) -> dict:
     return dict(guidance_scale=1.0, pag_scale=args.pag_scale, pag_applied_layers=args.pag_layers)
 
 
+def pixel_change(first: np.ndarray, second: np.ndarray) -> float:
+    """Mean absolute difference of two uint8 images, 0-255."""
+    return float(np.abs(first.astype(np.float32) - second).mean())
+
+
 def drawn_iou(first: np.ndarray, second: np.ndarray) -> float:
-    first, second = first.min(-1) < DRAWN_BELOW, second.min(-1) < DRAWN_BELOW
+    """Overlap of the drawn pixels of two uint8 images (`drawn_mask`; float arrays would be read as 0-1)."""
+    first, second = drawn_mask(first), drawn_mask(second)
     return float((first & second).sum() / max(1, (first | second).sum()))
 
 
@@ -93,22 +98,22 @@ def word_effect_table(args) -> dict:
         for seed in range(args.seeds + 1):  # the last seed only serves as the seed swap of the one before it
             generators = [torch.Generator().manual_seed(seed) for _ in prompts]
             for prompt, image in zip(prompts, pipe(prompts, generator=generators, **sampling_settings(args)).images):
-                images[seed, prompt] = np.asarray(image, dtype=np.float32)
+                images[seed, prompt] = np.asarray(image)
         difference = {"shape word": [], "colour word": [], "seed": []}
         iou = {"shape word": [], "seed": []}
         for seed, colour in itertools.product(range(args.seeds), colours):
             for shape, other in itertools.combinations(SHAPES, 2):
                 first, second = images[seed, f"a {colour} {shape}"], images[seed, f"a {colour} {other}"]
-                difference["shape word"].append(np.abs(first - second).mean())
+                difference["shape word"].append(pixel_change(first, second))
                 iou["shape word"].append(drawn_iou(first, second))
             for shape in SHAPES:
                 first, second = images[seed, f"a {colour} {shape}"], images[seed + 1, f"a {colour} {shape}"]
-                difference["seed"].append(np.abs(first - second).mean())
+                difference["seed"].append(pixel_change(first, second))
                 iou["seed"].append(drawn_iou(first, second))
             for shape, other in itertools.product(SHAPES, colours):
                 if other != colour:
                     pair = images[seed, f"a {colour} {shape}"], images[seed, f"a {other} {shape}"]
-                    difference["colour word"].append(np.abs(pair[0] - pair[1]).mean())
+                    difference["colour word"].append(pixel_change(*pair))
         results[path] = {
             **{f"pixel difference, {change}": float(np.mean(values)) for change, values in difference.items()},
             **{f"drawn-pixel IoU, {change}": float(np.mean(values)) for change, values in iou.items()},
@@ -168,7 +173,7 @@ def word_probe_table(args, seeds: int = 8, train_seeds: int = 6) -> dict:
     return results
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     flow = commands.add_parser("flow-loss", help="held-out flow loss by flow time, with and without the prompt")
@@ -187,7 +192,7 @@ def main() -> None:
     for command in (flow, word, probe):
         command.add_argument("models", nargs="+", help="HYDRA folders")
         command.add_argument("--json", help="also write the results as JSON here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.command == "flow-loss" and any(not 0 <= time <= 1 for time in args.times):
         flow.error(f"--times must lie in [0, 1], got {args.times}")
     if args.command == "word-probe" and any(not 0 <= step < args.num_inference_steps for step in args.steps):

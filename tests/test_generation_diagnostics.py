@@ -1,6 +1,5 @@
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,29 +24,28 @@ def model_dir(tmp_path_factory):
     return save_tiny_hydra(tmp_path_factory.mktemp("tiny-hydra"))
 
 
-def run(diagnostics, monkeypatch, *argv):
-    monkeypatch.setattr(sys, "argv", ["generation_diagnostics.py", *map(str, argv)])
-    diagnostics.main()
+def run(diagnostics, *argv):
+    diagnostics.main([str(arg) for arg in argv])
 
 
-def test_flow_loss_gives_every_model_the_same_scenes_and_noise(diagnostics, model_dir, tmp_path, monkeypatch):
+def test_flow_loss_gives_every_model_the_same_scenes_and_noise(diagnostics, model_dir, tmp_path):
     # The same weights under two paths must score identically at each time and prompt: the table compares models.
     twin = save_tiny_hydra(tmp_path / "twin")
     output = tmp_path / "losses.json"
-    run(diagnostics, monkeypatch, "flow-loss", model_dir, twin, "--num-scenes", 4, "--batch-size", 2,
+    run(diagnostics, "flow-loss", model_dir, twin, "--num-scenes", 4, "--batch-size", 2,
         "--times", 0.2, 0.9, "--json", output)
     losses = json.loads(output.read_text())
     assert losses[str(model_dir)] == losses[str(twin)]
     caption = losses[str(model_dir)]["caption"]
     assert set(caption) == {"0.2", "0.9"} and caption["0.2"] != caption["0.9"]
     with pytest.raises(SystemExit):
-        run(diagnostics, monkeypatch, "flow-loss", model_dir, "--times", 1.5)
+        run(diagnostics, "flow-loss", model_dir, "--times", 1.5)
 
 
 def test_drawn_iou_counts_pixels_darker_than_the_white_background(diagnostics):
-    white = np.full((4, 4, 3), 255.0)
+    white = np.full((4, 4, 3), 255, dtype=np.uint8)  # as the pipeline's PIL images read
     first, second = white.copy(), white.copy()
-    first[0, :2] = [200, 0, 0]  # drawn: its darkest channel is below the threshold
+    first[0, :2] = [190, 0, 0]  # drawn: its darkest channel is far below white
     second[0, 1:3] = [0, 0, 200]
     assert diagnostics.drawn_iou(first, second) == pytest.approx(1 / 3)
     assert diagnostics.drawn_iou(white, white) == 0.0

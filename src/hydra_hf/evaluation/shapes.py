@@ -23,6 +23,7 @@ __all__ = [
     "DetectedObject",
     "count_specks",
     "detect_objects",
+    "drawn_mask",
     "format_scores_table",
     "psnr",
     "score_generation",
@@ -182,18 +183,23 @@ def detect_objects(
 
 
 SPECK_MAX_PIXELS = 10  # blobs smaller than this count as specks (the eval table quotes it)
+DRAWN_MIN_DEFICIT = 60.0  # a pixel whose darkest channel is this far below white is drawn, not background
 
 
-def count_specks(image: Image.Image | np.ndarray, max_pixels: int = SPECK_MAX_PIXELS, min_deficit: float = 60.0) -> int:
-    """Small non-background blobs: 8-connected components of fewer than `max_pixels` pixels whose darkest channel
-    is more than `min_deficit` below white.
+def drawn_mask(image: Image.Image | np.ndarray, min_deficit: float = DRAWN_MIN_DEFICIT) -> np.ndarray:
+    """HxW bool: the pixels whose darkest channel is more than `min_deficit` below the white background."""
+    return (255.0 - _as_rgb_array(image)).max(axis=-1) > min_deficit
+
+
+def count_specks(
+    image: Image.Image | np.ndarray, max_pixels: int = SPECK_MAX_PIXELS, min_deficit: float = DRAWN_MIN_DEFICIT
+) -> int:
+    """Small drawn blobs (`drawn_mask`): 8-connected components of fewer than `max_pixels` pixels.
 
     `detect_objects` drops them (under `min_pixels`), so the GenEval-style scores cannot see a generator that
     scatters dots over the canvas; this count can.
     """
-    pixels = _as_rgb_array(image)
-    classes = np.where((255.0 - pixels).max(axis=-1) > min_deficit, 0, -1)
-    labels = _label_components(classes)
+    labels = _label_components(np.where(drawn_mask(image, min_deficit), 0, -1))
     _, sizes = np.unique(labels[labels >= 0], return_counts=True)
     return int((sizes < max_pixels).sum())
 
