@@ -29,18 +29,17 @@ def eval_table(scores: dict) -> dict[str, float]:
     return table
 
 
+# training_recipe.json keys not named after their flag of examples/train_hydra_tiny_shapes.py, and those of no flag.
+RECIPE_FLAG_NAMES = {"scenes": "num_scenes", "pretrain_scenes": "num_pretrain_scenes"}
+RECIPE_NOT_FLAGS = ("stages", "seed", "llm")  # the step table, the fixed data seed, the LLM's size (two flags)
+
+
 def recipe_command(recipe: dict) -> str:
     """The recipe's command line with every flag its training_recipe.json records (older recipes record fewer; a
     flag they lack took the script's default of that time)."""
-    flags = {
-        "scale": recipe.get("scale"), "num_scenes": recipe.get("scenes"), "num_pretrain_scenes": recipe.get("pretrain_scenes"),
-        "stage_ii_cycles": recipe.get("stage_ii_cycles"), "repa_weight": recipe.get("repa_weight"),
-        "ema_decay": recipe.get("ema_decay"), "timestep_logit_mean": recipe.get("timestep_logit_mean"),
-        "llm_hidden_size": recipe.get("llm", {}).get("hidden_size"), "llm_num_layers": recipe.get("llm", {}).get("num_hidden_layers"),
-        "latent_channels": recipe.get("latent_channels"), "patch_size": recipe.get("patch_size"),
-        "flow_head_hidden_size": recipe.get("flow_head_hidden_size"), "llm_seed": recipe.get("llm_seed"),
-        "unified_seed": recipe.get("unified_seed"),
-    }
+    flags = {RECIPE_FLAG_NAMES.get(key, key): value for key, value in recipe.items() if key not in RECIPE_NOT_FLAGS}
+    llm = recipe.get("llm", {})
+    flags.update(llm_hidden_size=llm.get("hidden_size"), llm_num_layers=llm.get("num_hidden_layers"))
     given = " ".join(f"--{name} {value}" for name, value in flags.items() if value is not None)
     return f"python examples/train_hydra_tiny_shapes.py --work_dir DIR {given}"
 
