@@ -113,6 +113,8 @@ def test_detector_accepts_pil_and_float_arrays():
     assert detect_objects(np.asarray(image, dtype=np.float32) / 255.0) == from_pil
     with pytest.raises(ValueError, match="HxWx3"):
         detect_objects(np.zeros((3, 64, 64)))
+    with pytest.raises(ValueError, match=r"float image in \[0, 1\]"):  # 0-255 floats are not read as all white
+        detect_objects(np.asarray(image, dtype=np.float32))
 
 
 def test_generation_score_is_perfect_on_reference_scenes():

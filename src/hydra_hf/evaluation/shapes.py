@@ -71,6 +71,10 @@ def _as_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
     if array.ndim != 3 or array.shape[-1] != 3:
         raise ValueError(f"Expected an HxWx3 image, got an array of shape {array.shape}.")
     if np.issubdtype(array.dtype, np.floating):
+        if array.size and (array.min() < -0.01 or array.max() > 1.01):  # 0-255 floats would all clip to white
+            raise ValueError(
+                f"Expected a float image in [0, 1] (or uint8 in [0, 255]), got values in [{array.min():.3g}, {array.max():.3g}]."
+            )
         return np.clip(array, 0.0, 1.0).astype(np.float32) * 255.0
     return array.astype(np.float32)
 
