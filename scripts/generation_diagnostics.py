@@ -59,8 +59,7 @@ def flow_loss_table(args) -> dict:
     results = {}
     print("model | prompt | " + " | ".join(f"t={time}" for time in args.times))
     for path in args.models:
-        # The plain MSE for every model, whatever token weighting it trained with, so that they compare.
-        model = HydraForConditionalGeneration.from_pretrained(path, flow_contrast_weight=0.0).eval()
+        model = HydraForConditionalGeneration.from_pretrained(path).eval()
         processor = HydraProcessor.from_pretrained(path)
         results[path] = {}
         for prompt, dropout in (("caption", 0.0), ("empty", 1.0)):

@@ -58,17 +58,3 @@ def test_training_timesteps_are_seeded_and_inside_unit_interval():
     assert a.min() >= 0 and a.max() <= 1
     # Logit-normal mass concentrates around the middle.
     assert ((a > 0.25) & (a < 0.75)).float().mean() > 0.5
-
-
-def test_contrast_weights_favour_the_token_that_stands_out_and_average_one():
-    clean = torch.zeros(2, 3, 4, 4)
-    clean[0, :, 1, 2] = 5.0  # image 0: one object token on a plain background; image 1 stays uniform
-    weights = flow_matching.contrast_token_weights(clean, strength=1.0)
-    assert weights.shape == (2, 16)
-    assert torch.allclose(weights.mean(dim=1), torch.ones(2))
-    assert weights[0].argmax() == 1 * 4 + 2  # grid_to_tokens order: row by row
-    assert torch.allclose(weights[0, 6], torch.tensor(8.5)) and torch.allclose(weights[0, 0], torch.tensor(0.5))
-    assert torch.equal(weights[1], torch.ones(16))
-    assert torch.equal(flow_matching.contrast_token_weights(clean, strength=0.0), torch.ones(2, 16))
-    with pytest.raises(ValueError, match="strength"):
-        flow_matching.contrast_token_weights(clean, strength=-1.0)

@@ -11,7 +11,7 @@ from transformers import (
 )
 
 import hydra_hf  # noqa: F401  (registers the Auto classes)
-from hydra_hf import HydraConfig, HydraForConditionalGeneration, HydraModel, HydraProcessor, HydraTokConfig, flow_matching
+from hydra_hf import HydraConfig, HydraForConditionalGeneration, HydraModel, HydraProcessor, HydraTokConfig
 from hydra_hf.models.hydra.modeling_hydra import identity_attention
 
 from .utils import random_pixels, tiny_config, tiny_hydra, tiny_processor
@@ -257,24 +257,6 @@ def test_generation_training_builds_noisy_tokens_and_a_flow_loss():
     assert early.flow_prediction.shape == (1, N, 8) and early.loss_ntp is None
     assert torch.allclose(early.loss_flow, torch.nn.functional.mse_loss(early.flow_prediction, expected_target), atol=1e-6)
     assert not torch.allclose(early.flow_prediction, late.flow_prediction)  # time reaches the head
-
-
-def test_contrast_weighting_scales_each_tokens_flow_error():
-    model, processor = tiny_hydra(flow_contrast_weight=2.0), tiny_processor()
-    image = Image.new("RGB", (32, 32), (255, 255, 255))
-    image.paste((255, 0, 0), (8, 8, 16, 16))
-    inputs = processor(text=[processor.build_generation_prompt("a red square", target_image=True)], images=[image])
-    flow = {"image_generation_mask": torch.tensor([True]), "timesteps": torch.tensor([0.5]), "noise": torch.randn(1, 8, 4, 4)}
-    with torch.no_grad():
-        out = model(**inputs, **flow)
-        clean = model.vision_model.normalize_latents(model.model.image_latents(inputs["pixel_values"]))
-    weights = flow_matching.contrast_token_weights(clean, 2.0)
-    target = (flow["noise"] - clean).flatten(2).transpose(1, 2)
-    expected = ((out.flow_prediction - target).square() * weights[..., None]).mean()
-    assert torch.allclose(out.loss_flow, expected, atol=1e-6)
-    assert not torch.allclose(out.loss_flow, torch.nn.functional.mse_loss(out.flow_prediction, target))
-    with pytest.raises(Exception, match="flow_contrast_weight"):  # huggingface_hub wraps the ValueError
-        tiny_config(flow_contrast_weight=-1.0)
 
 
 def mixed_batch(processor: HydraProcessor):

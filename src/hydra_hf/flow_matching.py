@@ -11,7 +11,6 @@ import torch
 
 __all__ = [
     "clean_estimate",
-    "contrast_token_weights",
     "euler_step",
     "interpolate",
     "sample_timesteps",
@@ -92,19 +91,3 @@ def sample_timesteps(
         pick_uniform = torch.rand(batch_size, generator=generator, device=device) < uniform_fraction
         t = torch.where(pick_uniform, uniform, t)
     return shift_timesteps(t, shift)
-
-
-def contrast_token_weights(clean: torch.Tensor, strength: float) -> torch.Tensor:
-    """Per-token flow-loss weights ``[B, h*w]`` (in ``grid_to_tokens`` order) for clean latents ``[B, C, h, w]``.
-
-    A token's weight grows with its distance ``d`` from the image's median token: ``1 + strength * d / mean(d)``,
-    rescaled to mean 1 per image. Objects on a plain background then carry the loss, not the background the
-    prompt says nothing about. A uniform image gets weight 1 everywhere.
-    """
-    if strength < 0:
-        raise ValueError(f"strength must be >= 0, got {strength}")
-    tokens = clean.float().flatten(2)
-    distance = (tokens - tokens.median(dim=2, keepdim=True).values).norm(dim=1)
-    mean = distance.mean(dim=1, keepdim=True)
-    relative = torch.where(mean > 0, distance / mean.clamp_min(torch.finfo(mean.dtype).tiny), torch.ones_like(distance))
-    return (1 + strength * relative) / (1 + strength)

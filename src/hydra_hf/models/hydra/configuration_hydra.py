@@ -89,9 +89,6 @@ class HydraConfig(PreTrainedConfig):
             logit-normal (with a small uniform share).
         timestep_shift (`float`): SD3-style shift of the sampling schedule (1.0 = none).
         ntp_weight, flow_weight (`float`): `loss = ntp_weight * L_ntp + flow_weight * L_flow`.
-        flow_contrast_weight (`float`): not in the paper, 0 (off) by default: weights each token's flow MSE by
-            `flow_matching.contrast_token_weights`, so tokens that stand out from the image's median token (objects
-            on a plain background) count more than the background.
         repa_weight (`float`): weight of a representation-alignment term (REPA, Yu et al. 2024; not in the paper,
             off by default): an MLP on the LLM's hidden states at the generated image's tokens after layer
             `repa_layer` (default: half the depth) predicts the clean image's Sem-ViT features (cosine loss).
@@ -123,7 +120,6 @@ class HydraConfig(PreTrainedConfig):
     timestep_shift: float = 1.0
     ntp_weight: float = 1.0
     flow_weight: float = 1.0
-    flow_contrast_weight: float = 0.0
     repa_weight: float = 0.0
     repa_layer: int | None = None
     tie_word_embeddings: bool = False
@@ -152,8 +148,6 @@ class HydraConfig(PreTrainedConfig):
                 raise ValueError(f"{name}={getattr(self, name)} is outside the LLM vocabulary (size {vocab})")
         if not 0.0 <= self.cfg_dropout_prob < 1.0:
             raise ValueError(f"cfg_dropout_prob must be in [0, 1), got {self.cfg_dropout_prob}")
-        if self.flow_contrast_weight < 0:
-            raise ValueError(f"flow_contrast_weight must be >= 0, got {self.flow_contrast_weight}")
         if self.repa_weight < 0 or not 1 <= self.repa_layer <= self.text_config.num_hidden_layers:
             raise ValueError(
                 f"repa_weight must be >= 0 and repa_layer in [1, {self.text_config.num_hidden_layers}] (an LLM layer), "

@@ -42,14 +42,12 @@ class HydraModelOutputWithPast(BaseModelOutputWithPast):
     generation_token_mask (`[B, L]` bool): positions of the image tokens of the images being generated.
     flow_time_embeds (`[I_gen, D]`): their time embeddings (the flow head's adaLN condition).
     flow_target (`[I_gen, N, C]`): the velocity `eps - z` the flow head should predict there.
-    flow_loss_weights (`[I_gen, N]`): each token's weight in the flow loss, when `config.flow_contrast_weight > 0`.
     repa_target (`[I_gen, N, D_vision]`): the clean images' Sem-ViT features, when `config.repa_weight > 0`.
     """
 
     generation_token_mask: torch.Tensor | None = None
     flow_time_embeds: torch.Tensor | None = None
     flow_target: torch.Tensor | None = None
-    flow_loss_weights: torch.Tensor | None = None
     repa_target: torch.Tensor | None = None
 
 
@@ -248,9 +246,8 @@ class HydraModel(HydraPreTrainedModel):
         timesteps: torch.Tensor | None,
         noise: torch.Tensor | None,
     ):
-        """Visual tokens of every image plus, for the images being generated, time embeddings, flow targets,
-        (with `flow_contrast_weight` on) the flow loss's token weights and (with REPA on) the clean images' Sem-ViT
-        features."""
+        """Visual tokens of every image plus, for the images being generated, time embeddings, flow targets and
+        (with REPA on) the clean images' Sem-ViT features."""
         if image_latents is None:
             image_latents = self.image_latents(pixel_values)
         num_images = image_latents.shape[0]
@@ -260,7 +257,7 @@ class HydraModel(HydraPreTrainedModel):
             raise ValueError(f"image_generation_mask must have shape [{num_images}] (one flag per image), got {tuple(image_generation_mask.shape)}")
         num_generated = int(image_generation_mask.sum())
         if num_generated == 0:
-            return self.visual_tokens(image_latents), None, None, None, None
+            return self.visual_tokens(image_latents), None, None, None
 
         vision = self.vision_model
         clean = vision.normalize_latents(image_latents[image_generation_mask].detach())
@@ -288,14 +285,11 @@ class HydraModel(HydraPreTrainedModel):
         time_per_image[image_generation_mask] = time_embeds
         tokens = self.visual_tokens(latents) + time_per_image[:, None]
         flow_target = grid_to_tokens(flow_matching.velocity_target(clean, noise.to(clean.dtype)))
-        flow_loss_weights = None
-        if self.config.flow_contrast_weight > 0:
-            flow_loss_weights = flow_matching.contrast_token_weights(clean, self.config.flow_contrast_weight)
         repa_target = None
         if self.config.repa_weight > 0:
             with torch.no_grad():
                 repa_target = vision.semantic_features_from_latents(image_latents[image_generation_mask])
-        return tokens, time_embeds, flow_target, flow_loss_weights, repa_target
+        return tokens, time_embeds, flow_target, repa_target
 
     def block_causal_mask(
         self,
@@ -348,12 +342,12 @@ class HydraModel(HydraPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
         has_images = pixel_values is not None or image_latents is not None
-        time_embeds = flow_target = flow_loss_weights = repa_target = generation_token_mask = None
+        time_embeds = flow_target = repa_target = generation_token_mask = None
 
         if has_images:
             if input_ids is None:
                 raise ValueError("input_ids are needed to place images (their image tokens mark where)")
-            visual, time_embeds, flow_target, flow_loss_weights, repa_target = self._prepare_images(
+            visual, time_embeds, flow_target, repa_target = self._prepare_images(
                 pixel_values, image_latents, image_generation_mask, timesteps, noise
             )
             image_token_mask = self.get_placeholder_mask(input_ids, visual.shape[0], visual.shape[1])
@@ -390,7 +384,6 @@ class HydraModel(HydraPreTrainedModel):
             generation_token_mask=generation_token_mask,
             flow_time_embeds=time_embeds,
             flow_target=flow_target,
-            flow_loss_weights=flow_loss_weights,
             repa_target=repa_target,
         )
 
@@ -485,10 +478,7 @@ class HydraForConditionalGeneration(HydraPreTrainedModel, GenerationMixin):
         if outputs.flow_target is not None:
             generated = hidden_states[outputs.generation_token_mask].view(*outputs.flow_target.shape[:2], -1)
             flow_prediction = self.flow_head(generated, outputs.flow_time_embeds)
-            squared_error = (flow_prediction.float() - outputs.flow_target.float()).square()
-            if outputs.flow_loss_weights is not None:
-                squared_error = squared_error * outputs.flow_loss_weights[..., None]
-            loss_flow = squared_error.mean()
+            loss_flow = F.mse_loss(flow_prediction.float(), outputs.flow_target.float())
         if outputs.repa_target is not None:
             layer_output = outputs.hidden_states[self.config.repa_layer]
             aligned = self.repa_head(layer_output[outputs.generation_token_mask]).view(*outputs.repa_target.shape[:2], -1)
