@@ -6,10 +6,11 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from hydra_hf.data import (
     GENERATION_CATEGORIES,
+    PALETTE,
     ObjectRequirement,
     PromptSpec,
     Scene,
@@ -21,6 +22,7 @@ from hydra_hf.data import (
     sample_scene,
 )
 from hydra_hf.evaluation import (
+    WELL_DRAWN_MIN_FIT,
     count_specks,
     detect_objects,
     format_scores_table,
@@ -123,6 +125,20 @@ def test_generation_score_is_perfect_on_reference_scenes():
     assert list(scores) == [*GENERATION_CATEGORIES, "overall"]
     assert all(value == 1.0 for value in scores.values())
     assert score_generation([render_scene(scene) for scene in scenes], [spec.to_dict() for spec in specs]) == scores
+    assert score_generation([render_scene(scene) for scene in scenes], specs, min_fit=WELL_DRAWN_MIN_FIT) == scores
+    assert min(d.fit for scene in scenes for d in detect_objects(render_scene(scene))) > 0.85
+
+
+def test_a_ragged_blob_counts_as_its_best_fitting_shape_only_until_fit_is_required():
+    image = Image.new("RGB", (64, 64), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    for box in ((10, 10, 40, 20), (10, 10, 20, 50), (10, 40, 50, 50)):  # a C-like stroke of one colour
+        draw.rectangle(box, fill=PALETTE["red"])
+    (blob,) = detect_objects(image)
+    assert blob.color == "red" and blob.fit < WELL_DRAWN_MIN_FIT
+    spec = PromptSpec("single_object", f"a red {blob.shape}", (ObjectRequirement(blob.shape, "red"),))
+    assert score_generation([image], [spec])["overall"] == 1.0
+    assert score_generation([image], [spec], min_fit=WELL_DRAWN_MIN_FIT)["overall"] == 0.0
 
 
 def test_generation_score_is_low_on_blank_and_mismatched_images():

@@ -1,7 +1,7 @@
 """Scoring a HYDRA model on held-out shapes-world scenes: tokenizer reconstruction PSNR, GenEval-style generation
-scores (and the specks per image, which they cannot see), VQA accuracy and, as a diagnostic, the generation scores of
-edits (reference scenes noised to a flow time and denoised). `hydra-hf eval shapes` prints what `evaluate_shapes`
-returns."""
+scores (also counting only well-drawn shapes, and the specks per image, which the scores cannot see), VQA accuracy
+and, as a diagnostic, the generation scores of edits (reference scenes noised to a flow time and denoised).
+`hydra-hf eval shapes` prints what `evaluate_shapes` returns."""
 
 from dataclasses import asdict, dataclass, field
 
@@ -11,7 +11,15 @@ from tqdm.auto import tqdm
 
 from ..data.shapes import generation_scenes, make_shapes_dataset, prompt_spec_for, render_scene
 from ..pipelines import HydraPipeline
-from .shapes import SPECK_MAX_PIXELS, count_specks, format_scores_table, psnr, score_generation, vqa_accuracy
+from .shapes import (
+    SPECK_MAX_PIXELS,
+    WELL_DRAWN_MIN_FIT,
+    count_specks,
+    format_scores_table,
+    psnr,
+    score_generation,
+    vqa_accuracy,
+)
 
 __all__ = [
     "EVAL_SEED",
@@ -33,6 +41,7 @@ class ShapesEvaluation:
     settings: dict
     reconstruction_psnr: float | None = None
     generation: dict[str, float] = field(default_factory=dict)
+    well_drawn_overall: float | None = None
     specks_per_image: float | None = None
     vqa_accuracy: float | None = None
     vqa_by_type: dict[str, float] = field(default_factory=dict)
@@ -51,6 +60,8 @@ class ShapesEvaluation:
             lines += [f"| VQA accuracy: {kind} | {value:.3f} |" for kind, value in self.vqa_by_type.items()]
         if self.generation:
             lines += ["", "GenEval-style generation scores:", "", format_scores_table(self.generation)]
+            lines += ["", f"Overall counting only well-drawn shapes (fit >= {WELL_DRAWN_MIN_FIT}, which every rendered "
+                      f"object passes): {self.well_drawn_overall:.4f}"]
             lines += ["", f"Specks per generated image (blobs under {SPECK_MAX_PIXELS} px, which the scores ignore): {self.specks_per_image:.2f}"]
         if self.editing:
             lines += ["", "GenEval-style overall of edits (each prompt's reference scene noised to time s, then denoised):",
@@ -140,6 +151,7 @@ def evaluate_shapes(
     if "generation" in parts:
         generated = generate_for_specs(pipe, specs, num_inference_steps, batch_size=batch_size, seed=seed, **sampling)
         result.generation = score_generation(generated, specs)
+        result.well_drawn_overall = score_generation(generated, specs, WELL_DRAWN_MIN_FIT)["overall"]
         result.specks_per_image = float(np.mean([count_specks(image) for image in generated]))
     if "editing" in parts:
         references = [render_scene(scene) for scene in reference_scenes]
