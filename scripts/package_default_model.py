@@ -15,6 +15,7 @@ from pathlib import Path
 
 from transformers import GenerationConfig
 
+from hydra_hf.evaluation import WELL_DRAWN_MIN_FIT
 from hydra_hf.hub import model_card
 
 ASSET = Path(__file__).resolve().parents[1] / "src" / "hydra_hf" / "assets" / "hydra-tiny-shapes"
@@ -25,6 +26,8 @@ SKIP = ("training_args.bin", "trainer_state.json")
 def eval_table(scores: dict) -> dict[str, float]:
     table = {"tokenizer reconstruction PSNR (dB)": round(scores["reconstruction_psnr"], 2)}
     table.update({f"GenEval-style {name}": round(value, 3) for name, value in scores["generation"].items()})
+    if scores.get("well_drawn_overall") is not None:  # scores from before it was measured lack it
+        table[f"GenEval-style overall, well-drawn shapes only (fit >= {WELL_DRAWN_MIN_FIT})"] = round(scores["well_drawn_overall"], 3)
     table["VQA accuracy"] = round(scores["vqa_accuracy"], 3)
     return table
 

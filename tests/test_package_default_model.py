@@ -29,3 +29,12 @@ def test_recipe_command_names_only_flags_the_training_script_has():
     ).stdout
     known = set(re.findall(r"--(\w+)", script_help))
     assert set(re.findall(r"--(\w+)", command)) <= known
+
+
+def test_card_table_carries_the_well_drawn_score_when_the_scores_have_it():
+    packager = load_packager()
+    scores = {"reconstruction_psnr": 31.664, "generation": {"overall": 0.2914}, "vqa_accuracy": 0.74}
+    assert "GenEval-style overall, well-drawn shapes only (fit >= 0.8)" not in packager.eval_table(scores)
+    table = packager.eval_table({**scores, "well_drawn_overall": 0.13377})
+    assert table["GenEval-style overall, well-drawn shapes only (fit >= 0.8)"] == 0.134
+    assert table["GenEval-style overall"] == 0.291 and table["tokenizer reconstruction PSNR (dB)"] == 31.66
