@@ -82,7 +82,7 @@ def pixel_change(first: np.ndarray, second: np.ndarray) -> float:
 
 
 def drawn_iou(first: np.ndarray, second: np.ndarray) -> float:
-    """Overlap of the drawn pixels of two uint8 images (`drawn_mask`; float arrays would be read as 0-1)."""
+    """Overlap of the drawn pixels of two images (`drawn_mask`: uint8, or floats in 0-1)."""
     first, second = drawn_mask(first), drawn_mask(second)
     return float((first & second).sum() / max(1, (first | second).sum()))
 
