@@ -227,7 +227,7 @@ def latent_statistics(tokenizer_model: HydraTokModel, dataset, image_processor, 
 
 def assemble(
     work_dir: Path, dataset, tokenizer, tokenizer_path: Path, llm_path: Path, *, repa_weight: float,
-    timestep_logit_mean: float, flow_head_hidden_size: int, flow_head_prompt_condition: bool, seed: int,
+    timestep_logit_mean: float, flow_head_hidden_size: int, seed: int,
 ) -> Path:
     output = work_dir / "assembled"
     if output.exists():
@@ -239,8 +239,7 @@ def assemble(
     config = HydraConfig(
         text_config=llm.config.to_dict(), vision_config={**vision.config.to_dict(), "latents_mean": mean, "latents_std": std},
         image_token_id=tokenizer.image_token_id, boi_token_id=tokenizer.boi_token_id, eoi_token_id=tokenizer.eoi_token_id,
-        flow_head_hidden_size=flow_head_hidden_size, flow_head_num_layers=3,
-        flow_head_prompt_condition=flow_head_prompt_condition, repa_weight=repa_weight,
+        flow_head_hidden_size=flow_head_hidden_size, flow_head_num_layers=3, repa_weight=repa_weight,
         timestep_logit_mean=timestep_logit_mean,
     )
     torch.manual_seed(seed)
@@ -336,10 +335,6 @@ def main() -> None:
              "it significant, and 8 channels miss the PSNR target: README, eleventh, fourteenth, fifteenth rounds)",
     )
     parser.add_argument(
-        "--flow_head_prompt_condition", action="store_true",
-        help="drive the flow head's adaLN with the prompt too (HydraConfig.flow_head_prompt_condition)",
-    )
-    parser.add_argument(
         "--unified_seed", type=int, default=TRAIN_SEED,
         help="seed of the unified stages alone (the heads' initialisation, data order, prompt dropout, flow noise and "
              "times; the data stay those of seed 0). To compare seeds on the same first stages, link semantic_vit, "
@@ -389,10 +384,10 @@ def main() -> None:
     logger.info("4. unified stages I-III")
     current = assemble(args.work_dir, pretrain_dataset, tokenizer, tokenizer_path, llm, repa_weight=args.repa_weight,
                        timestep_logit_mean=args.timestep_logit_mean, flow_head_hidden_size=args.flow_head_hidden_size,
-                       flow_head_prompt_condition=args.flow_head_prompt_condition, seed=args.unified_seed)
+                       seed=args.unified_seed)
     check_reused_stage(parser, current, HydraConfig, {
         "repa_weight": args.repa_weight, "timestep_logit_mean": args.timestep_logit_mean,
-        "flow_head_hidden_size": args.flow_head_hidden_size, "flow_head_prompt_condition": args.flow_head_prompt_condition,
+        "flow_head_hidden_size": args.flow_head_hidden_size,
     })
     unified = dict(ema_decay=args.ema_decay, seed=args.unified_seed)
     current = train_unified(args.work_dir, dataset, current, "I", args.scale, 0.5, **unified)
@@ -406,8 +401,7 @@ def main() -> None:
     recipe = {"stages": STAGES, "scale": args.scale, "scenes": args.num_scenes, "pretrain_scenes": args.num_pretrain_scenes,
               "stage_ii_cycles": args.stage_ii_cycles, "repa_weight": args.repa_weight, "ema_decay": args.ema_decay,
               "timestep_logit_mean": args.timestep_logit_mean, "llm": llm_size,
-              "latent_channels": args.latent_channels, "patch_size": args.patch_size, "flow_head_hidden_size": args.flow_head_hidden_size,
-              "flow_head_prompt_condition": args.flow_head_prompt_condition, "seed": TRAIN_SEED,
+              "latent_channels": args.latent_channels, "patch_size": args.patch_size, "flow_head_hidden_size": args.flow_head_hidden_size, "seed": TRAIN_SEED,
               "llm_seed": args.llm_seed, "unified_seed": args.unified_seed}
     (final / "training_recipe.json").write_text(json.dumps(recipe, indent=2))
     logger.info(f"done: {final}")

@@ -43,11 +43,7 @@ def recipe_command(recipe: dict) -> str:
     flags = {RECIPE_FLAG_NAMES.get(key, key): value for key, value in recipe.items() if key not in RECIPE_NOT_FLAGS}
     llm = recipe.get("llm", {})
     flags.update(llm_hidden_size=llm.get("hidden_size"), llm_num_layers=llm.get("num_hidden_layers"))
-    # A switch (store_true) recorded True is given bare; recorded False it is left at its default.
-    given = " ".join(
-        f"--{name}" if value is True else f"--{name} {value}"
-        for name, value in flags.items() if value is not None and value is not False
-    )
+    given = " ".join(f"--{name} {value}" for name, value in flags.items() if value is not None)
     return f"python examples/train_hydra_tiny_shapes.py --work_dir DIR {given}"
 
 

@@ -296,37 +296,6 @@ def test_gradients_reach_flow_head_projector_time_embedding_and_llm():
         assert grad is not None and grad.abs().sum() > 0, name
 
 
-def test_a_prompt_conditioned_flow_head_reads_the_begin_of_image_state_in_training_and_sampling():
-    model, processor = tiny_hydra(flow_head_prompt_condition=True), tiny_processor()
-    with torch.no_grad():  # the adaLN layers start at zero, which would hide the condition
-        for name, parameter in model.flow_head.named_parameters():
-            if "modulation" in name:
-                parameter.normal_(std=0.5)
-    inputs, labels, flags = mixed_batch(processor)  # the generated image follows "a blue circle"
-    noise, t = torch.randn(1, 8, 4, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([0.6])
-    prompts = generation_ids(processor, ["a red square", "a blue circle"])  # left-padded: row 1 is the training prompt
-    with torch.no_grad():
-        trained = model(**inputs, labels=labels, image_generation_mask=flags, timesteps=t, noise=noise).flow_prediction
-        clean = model.vision_model.normalize_latents(model.model.image_latents(inputs["pixel_values"][1:]))
-        noisy = (1 - t) * clean + t * noise
-        cache = model.prepare_prompt_cache(**prompts)
-        cached = model.flow_velocity(noisy.repeat(2, 1, 1, 1), 0.6, prompt_cache=cache)
-        uncached = model.flow_velocity(noisy.repeat(2, 1, 1, 1), 0.6, **prompts)
-        blind = model.flow_head(model.model(**inputs, image_generation_mask=flags, timesteps=t, noise=noise)
-                                .last_hidden_state[1][inputs["input_ids"][1] == processor.image_token_id][None],
-                                model.model.time_embeds(t), cache.prompt_states[0:1])
-    # Sampling sees what training saw (the same begin-of-image state), with or without the prompt cache.
-    assert torch.allclose(cached[1].flatten(1).T, trained[0], atol=1e-5)
-    assert torch.allclose(cached, uncached, atol=1e-5)
-    # The condition matters: the same image tokens under the other prompt's state move differently.
-    assert not torch.allclose(blind, trained, atol=1e-3)
-    model.train()(**inputs, labels=labels, image_generation_mask=flags).loss.backward()
-    assert model.flow_head.prompt_proj.weight.grad.abs().sum() > 0
-    assert "flow_head.prompt_proj.weight" not in tiny_hydra().state_dict()  # off by default: the paper's head
-    with pytest.raises(ValueError, match="prompt_states"):
-        model.flow_head(trained.new_zeros(1, 16, model.config.text_config.hidden_size), model.model.time_embeds(t))
-
-
 def test_repa_aligns_a_middle_llm_layer_to_the_clean_images_sem_vit_features():
     model, processor = tiny_hydra(repa_weight=0.5, repa_layer=1).train(), tiny_processor()
     inputs, labels, flags = mixed_batch(processor)

@@ -83,9 +83,6 @@ class HydraConfig(PreTrainedConfig):
         time_embedding_dim (`int`): sinusoidal features of t before the time-embedding MLP (to LLM width).
         flow_head_hidden_size, flow_head_num_layers (`int`): the flow head, residual MLP blocks with adaLN driven by
             the time embedding, ending in a projection to `vision_config.latent_channels`.
-        flow_head_prompt_condition (`bool`): also drive the flow head's adaLN with the LLM's output at the
-            begin-of-image token, the prompt's last position (not in the paper, off by default): every image token's
-            velocity then sees the prompt directly, not only through the LLM's attention.
         cfg_dropout_prob (`float`): probability that a generation example's prompt is replaced by the empty
             prompt in training, so classifier-free guidance has an unconditional model to contrast with.
         timestep_logit_mean, timestep_logit_std, timestep_uniform_fraction (`float`): training times are
@@ -116,7 +113,6 @@ class HydraConfig(PreTrainedConfig):
     time_embedding_dim: int = 256
     flow_head_hidden_size: int | None = None
     flow_head_num_layers: int = 2
-    flow_head_prompt_condition: bool = False
     cfg_dropout_prob: float = 0.1
     timestep_logit_mean: float = 0.0
     timestep_logit_std: float = 1.0

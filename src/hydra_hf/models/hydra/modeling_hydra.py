@@ -68,13 +68,11 @@ class HydraCausalLMOutputWithPast(CausalLMOutputWithPast):
 
 @dataclass
 class HydraPromptCache:
-    """The LLM's KV cache for a batch of (left-padded) generation prompts, reused at every sampling step, and the
-    LLM's output at each prompt's last token (begin-of-image, `[B, D]`): the flow head's prompt condition."""
+    """The LLM's KV cache for a batch of (left-padded) generation prompts, reused at every sampling step."""
 
     cache: Cache
     attention_mask: torch.Tensor
     next_position_ids: torch.Tensor
-    prompt_states: torch.Tensor
 
     @property
     def length(self) -> int:
@@ -142,31 +140,20 @@ class HydraFlowHeadBlock(nn.Module):
 
 
 class HydraFlowHead(nn.Module):
-    """`v = FlowHead(AdaLN(h_llm, t_emb))`: LLM hidden states at image positions -> latent velocity (C channels).
-    With `config.flow_head_prompt_condition` the adaLN condition is `t_emb + prompt_proj(h_boi)`, `h_boi` the LLM's
-    output at the begin-of-image token."""
+    """`v = FlowHead(AdaLN(h_llm, t_emb))`: LLM hidden states at image positions -> latent velocity (C channels)."""
 
     def __init__(self, config: HydraConfig):
         super().__init__()
         text_width, width = config.text_config.hidden_size, config.flow_head_hidden_size
-        self.prompt_proj = nn.Linear(text_width, text_width) if config.flow_head_prompt_condition else None
         self.input_proj = nn.Linear(text_width, width)
         self.blocks = nn.ModuleList(HydraFlowHeadBlock(width, text_width) for _ in range(config.flow_head_num_layers))
         self.final_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.final_modulation = ZeroInitLinear(text_width, 2 * width)
         self.output_proj = nn.Linear(width, config.vision_config.latent_channels)
 
-    def forward(
-        self, hidden_states: torch.Tensor, time_embeds: torch.Tensor, prompt_states: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """`hidden_states [I, N, D_llm]`, `time_embeds [I, D_llm]`, `prompt_states [I, D_llm]` (used only with
-        `prompt_proj`) -> velocity `[I, N, C]`."""
-        condition = time_embeds
-        if self.prompt_proj is not None:
-            if prompt_states is None:
-                raise ValueError("this flow head is prompt-conditioned: pass the LLM's begin-of-image outputs as prompt_states")
-            condition = condition + self.prompt_proj(prompt_states.to(condition.dtype))
-        condition = condition[:, None, :]
+    def forward(self, hidden_states: torch.Tensor, time_embeds: torch.Tensor) -> torch.Tensor:
+        """`hidden_states [I, N, D_llm]`, `time_embeds [I, D_llm]` -> velocity `[I, N, C]`."""
+        condition = time_embeds[:, None, :]
         hidden_states = self.input_proj(hidden_states)
         for block in self.blocks:
             hidden_states = block(hidden_states, condition)
@@ -191,15 +178,6 @@ class HydraPreTrainedModel(PreTrainedModel):
         if isinstance(module, ZeroInitLinear):
             init.zeros_(module.weight)
             init.zeros_(module.bias)
-
-
-def begin_of_image_states(hidden_states: torch.Tensor, generated_token_mask: torch.Tensor) -> torch.Tensor:
-    """`[I_gen, D]`: the hidden state just before each generated image's first token (its begin-of-image token), in
-    reading order, as the flow head's prompt condition."""
-    starts = generated_token_mask & ~F.pad(generated_token_mask[:, :-1], (1, 0), value=False)
-    if starts[:, 0].any():
-        raise ValueError("a generated image must follow its prompt: its first image token cannot open the sequence")
-    return hidden_states[F.pad(starts[:, 1:], (0, 1), value=False)]
 
 
 def image_block_ids(image_token_mask: torch.Tensor) -> torch.Tensor:
@@ -499,10 +477,7 @@ class HydraForConditionalGeneration(HydraPreTrainedModel, GenerationMixin):
                 loss_ntp = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs)
         if outputs.flow_target is not None:
             generated = hidden_states[outputs.generation_token_mask].view(*outputs.flow_target.shape[:2], -1)
-            prompt_states = None
-            if self.flow_head.prompt_proj is not None:
-                prompt_states = begin_of_image_states(hidden_states, outputs.generation_token_mask)
-            flow_prediction = self.flow_head(generated, outputs.flow_time_embeds, prompt_states)
+            flow_prediction = self.flow_head(generated, outputs.flow_time_embeds)
             loss_flow = F.mse_loss(flow_prediction.float(), outputs.flow_target.float())
         if outputs.repa_target is not None:
             layer_output = outputs.hidden_states[self.config.repa_layer]
@@ -544,8 +519,7 @@ class HydraForConditionalGeneration(HydraPreTrainedModel, GenerationMixin):
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True
             )
         return HydraPromptCache(
-            cache=outputs.cache, attention_mask=attention_mask, next_position_ids=position_ids[:, -1:] + 1,
-            prompt_states=outputs.last_hidden_state[:, -1],
+            cache=outputs.cache, attention_mask=attention_mask, next_position_ids=position_ids[:, -1:] + 1
         )
 
     @apply_forward_hook
@@ -598,11 +572,8 @@ class HydraForConditionalGeneration(HydraPreTrainedModel, GenerationMixin):
             hidden = self.model.language_model(
                 inputs_embeds=inputs_embeds.to(self.dtype), attention_mask=mask, position_ids=positions, cache=cache,
                 use_cache=cache is not None,
-            ).last_hidden_state
+            ).last_hidden_state[:, -num_tokens:]
         if cache is not None:
             cache.crop(-(cache.get_seq_length() - prompt_length))
-            prompt_states = prompt_cache.prompt_states
-        else:
-            prompt_states = hidden[:, -num_tokens - 1]
-        velocity = self.flow_head(hidden[:, -num_tokens:], time_embeds, prompt_states)
+        velocity = self.flow_head(hidden, time_embeds)
         return tokens_to_grid(velocity, (height, width))
