@@ -401,7 +401,8 @@ def main() -> None:
     recipe = {"stages": STAGES, "scale": args.scale, "scenes": args.num_scenes, "pretrain_scenes": args.num_pretrain_scenes,
               "stage_ii_cycles": args.stage_ii_cycles, "repa_weight": args.repa_weight, "ema_decay": args.ema_decay,
               "timestep_logit_mean": args.timestep_logit_mean, "llm": llm_size,
-              "latent_channels": args.latent_channels, "patch_size": args.patch_size, "flow_head_hidden_size": args.flow_head_hidden_size, "seed": TRAIN_SEED,
+              "latent_channels": args.latent_channels, "patch_size": args.patch_size,
+              "flow_head_hidden_size": args.flow_head_hidden_size, "seed": TRAIN_SEED,
               "llm_seed": args.llm_seed, "unified_seed": args.unified_seed}
     (final / "training_recipe.json").write_text(json.dumps(recipe, indent=2))
     logger.info(f"done: {final}")
