@@ -19,9 +19,11 @@ def test_recipe_command_names_only_flags_the_training_script_has():
     packager = load_packager()
     recipe = json.loads((packager.ASSET / "training_recipe.json").read_text())
     # The shipped recipe predates some flags; add what today's script records.
-    recipe.update(llm={"hidden_size": 128, "num_hidden_layers": 4}, unified_seed=2, latent_channels=16)
+    recipe.update(llm={"hidden_size": 128, "num_hidden_layers": 4}, unified_seed=2, latent_channels=16,
+                  timestep_logit_std=1.6)
     command = packager.recipe_command(recipe)
     assert "--num_scenes 40000" in command and "--latent_channels 16" in command and "--unified_seed 2" in command
+    assert "--timestep_logit_std 1.6" in command
     assert "--llm_hidden_size 128 --llm_num_layers 4" in command and "--stages" not in command and "--seed " not in command
     script_help = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "train_hydra_tiny_shapes.py"), "--help"],
