@@ -3,13 +3,14 @@
     python scripts/generation_diagnostics.py flow-loss outputs/a/final outputs/b/final [--times 0.5 0.7 0.85 0.95]
     python scripts/generation_diagnostics.py word-effect outputs/a/final [--seeds 4]
     python scripts/generation_diagnostics.py word-probe outputs/a/final [--steps 0 10 20 29]
+    python scripts/generation_diagnostics.py stochastic-steps outputs/a/final [--bands 0:1.01 0:0.5 0.5:1.01]
 
 flow-loss: held-out flow-matching loss at fixed flow times (1 = noise), with the caption and with the empty prompt
 (their difference is how much the velocity uses the prompt). Training logs one loss averaged over sampled times,
 which did not rank runs by their generation scores (README, thirteenth round); every model here sees the same
 scenes (seed 12345, never trained on) and the same noise, so the columns compare across checkpoints.
 
-word-effect and word-probe sample without classifier-free guidance and with perturbed-attention guidance as the
+word-effect, word-probe and stochastic-steps sample without classifier-free guidance and with perturbed-attention guidance as the
 shipped model does (--pag-scale 3 --pag-layers 1), whatever the checkpoint's own defaults, so that checkpoints
 compare.
 
@@ -22,6 +23,11 @@ word-probe: whether the prompt's words reach the image tokens at all. While samp
 palette colour and shape, 8 noise seeds), it keeps the flow head's input averaged over the image tokens at the
 chosen steps, and prints how often a linear probe trained on 6 seeds names the colour and the shape of the 2
 others' prompts (chance: 1/6 and 1/3).
+
+stochastic-steps: the development scores (480 prompts, seed 777, as `hydra-hf eval shapes --num-scenes 480 --seed
+777 --parts generation`) when the sampler takes stochastic steps in a band of flow times instead of Euler steps:
+diffusers' `stochastic_sampling` step, which re-noises the step's clean estimate `x0 = x_t - t v` to the next time
+with fresh noise from the call's generator, so that a blob committed to early can be redrawn later.
 """
 
 import argparse
@@ -30,11 +36,12 @@ import json
 
 import numpy as np
 import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
 
 from hydra_hf import HydraForConditionalGeneration, HydraPipeline, HydraProcessor
 from hydra_hf.data import PALETTE, SHAPES, make_shapes_dataset
 from hydra_hf.evaluation.shapes import drawn_mask
-from hydra_hf.evaluation.shapes_eval import EVAL_SEED
+from hydra_hf.evaluation.shapes_eval import EVAL_SEED, evaluate_shapes
 from hydra_hf.training import HydraCollator
 
 
@@ -122,6 +129,46 @@ def word_effect_table(args) -> dict:
     return results
 
 
+class BandStochasticScheduler(FlowMatchEulerDiscreteScheduler):
+    """Euler steps, except a stochastic one (the config's `stochastic_sampling`) at every flow time t with
+    `low <= t < high`; the first step has t = 1, so a `high` above 1 takes it in."""
+
+    band = (0.0, 0.0)
+
+    def step(self, model_output, timestep, sample, *args, **kwargs):
+        index = self.index_for_timestep(timestep) if self.step_index is None else self.step_index
+        low, high = self.band
+        self.register_to_config(stochastic_sampling=low <= float(self.sigmas[index]) < high)
+        return super().step(model_output, timestep, sample, *args, **kwargs)
+
+
+def stochastic_steps_table(args) -> dict:
+    results = {}
+    for path in args.models:
+        pipe = HydraPipeline.from_pretrained(path)
+        pipe.set_progress_bar_config(disable=True)
+        results[path] = {}
+        for low, high in args.bands:
+            pipe.scheduler = BandStochasticScheduler.from_config(pipe.scheduler.config)
+            pipe.scheduler.band = (low, high)
+            scores = evaluate_shapes(pipe, num_scenes=480, seed=777, parts=("generation",), **sampling_settings(args))
+            results[path][f"{low}:{high}"] = row = {
+                "overall": scores.generation["overall"], "well-drawn": scores.well_drawn_overall,
+                "specks": scores.specks_per_image,
+            }
+            print(f"{path} | stochastic for {low} <= t < {high} | "
+                  + " | ".join(f"{name}: {value:.3f}" for name, value in row.items()), flush=True)
+    return results
+
+
+def band(text: str) -> tuple[float, float]:
+    low, _, high = text.partition(":")
+    try:
+        return float(low), float(high)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW:HIGH flow times such as 0.5:1.01, got {text!r}") from None
+
+
 def probe_accuracy(features: torch.Tensor, labels: torch.Tensor, train_seeds: int) -> float:
     """Test accuracy of an L2-regularised logistic regression on `features` `[seeds, prompts, dim]`, trained on the
     first `train_seeds` seeds and tested on the rest."""
@@ -186,10 +233,13 @@ def main(argv: list[str] | None = None) -> None:
     probe = commands.add_parser("word-probe", help="can a linear probe read the prompt's words from the image tokens")
     probe.add_argument("--steps", type=int, nargs="+", default=[0, 10, 20, 29], help="sampling steps to probe at")
     probe.add_argument("--num-inference-steps", type=int, default=30)
-    for command in (word, probe):
+    stochastic = commands.add_parser("stochastic-steps", help="development scores with stochastic steps in bands of t")
+    stochastic.add_argument("--bands", type=band, nargs="+", default=[(0.0, 0.0), (0.0, 1.01), (0.0, 0.5), (0.5, 1.01)],
+                            metavar="LOW:HIGH", help="stochastic steps at LOW <= t < HIGH (0:0 = Euler throughout)")
+    for command in (word, probe, stochastic):
         command.add_argument("--pag-scale", type=float, default=3.0, help="the shipped default; 0: no guidance")
         command.add_argument("--pag-layers", type=int, nargs="+", default=[1])
-    for command in (flow, word, probe):
+    for command in (flow, word, probe, stochastic):
         command.add_argument("models", nargs="+", help="HYDRA folders")
         command.add_argument("--json", help="also write the results as JSON here")
     args = parser.parse_args(argv)
@@ -197,7 +247,8 @@ def main(argv: list[str] | None = None) -> None:
         flow.error(f"--times must lie in [0, 1], got {args.times}")
     if args.command == "word-probe" and any(not 0 <= step < args.num_inference_steps for step in args.steps):
         probe.error(f"--steps must lie in [0, {args.num_inference_steps}), got {args.steps}")
-    tables = {"flow-loss": flow_loss_table, "word-effect": word_effect_table, "word-probe": word_probe_table}
+    tables = {"flow-loss": flow_loss_table, "word-effect": word_effect_table, "word-probe": word_probe_table,
+              "stochastic-steps": stochastic_steps_table}
     results = tables[args.command](args)
     if args.json:
         with open(args.json, "w") as handle:

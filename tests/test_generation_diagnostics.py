@@ -58,3 +58,22 @@ def test_probe_reads_a_label_the_features_carry_and_not_one_they_do_not(diagnost
     carried = noise + 10 * torch.nn.functional.pad(torch.nn.functional.one_hot(labels, 3), (0, 13))
     assert diagnostics.probe_accuracy(carried, labels, train_seeds=6) == 1.0
     assert diagnostics.probe_accuracy(noise, labels, train_seeds=6) < 0.6  # chance is 1/3, on 12 test rows
+
+
+def test_band_scheduler_steps_stochastically_only_inside_its_band(diagnostics):
+    scheduler = diagnostics.BandStochasticScheduler()
+    scheduler.band = (0.0, 0.6)
+    sample, velocity = torch.ones(1, 4), torch.full((1, 4), 0.5)
+    steps = []
+    for seed in (0, 1):
+        scheduler.set_timesteps(sigmas=[1.0, 0.5, 0.25])
+        generator = torch.Generator().manual_seed(seed)
+        first = scheduler.step(velocity, scheduler.timesteps[0], sample, generator=generator).prev_sample
+        steps.append((first, scheduler.step(velocity, scheduler.timesteps[1], first, generator=generator).prev_sample))
+    # t = 1 lies outside the band: an Euler step to t = 0.5, whatever the generator
+    torch.testing.assert_close(steps[0][0], sample - 0.5 * velocity)
+    torch.testing.assert_close(steps[1][0], steps[0][0])
+    # t = 0.5 lies inside: the clean estimate x - t v re-noised to t = 0.25 with the generator's noise
+    noise = torch.randn(1, 4, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(steps[0][1], 0.75 * (steps[0][0] - 0.5 * velocity) + 0.25 * noise)
+    assert not torch.allclose(steps[0][1], steps[1][1])
