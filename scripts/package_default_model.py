@@ -1,6 +1,6 @@
 """Install a trained `hydra-tiny-shapes` into the package (src/hydra_hf/assets/hydra-tiny-shapes) with its model card.
 
-    python scripts/package_default_model.py outputs/tiny-shapes/final --scores scores.json [--grid grid.png]
+    python scripts/package_default_model.py outputs/tiny-shapes/final --scores scores.json [--provenance TEXT]
 
 `--scores` is the JSON that `hydra-hf eval shapes --json` writes; its figures go into the card's evaluation table
 and nothing else does, and the guidance it was scored with becomes the model's default (its generation config's
@@ -65,6 +65,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path, help="the recipe's final folder")
     parser.add_argument("--scores", type=Path, required=True, help="hydra-hf eval shapes --json output")
+    parser.add_argument("--provenance", help="how the checkpoint came about, for the card, when the recipe's "
+                        "command alone does not rebuild it (stages taken from different runs, older code)")
     args = parser.parse_args()
     if args.model.resolve() == ASSET.resolve():
         parser.error(f"{args.model} is the installed model itself, which installing would delete first; copy it elsewhere")
@@ -93,6 +95,7 @@ def main() -> None:
         training_details={
             "recipe": "examples/train_hydra_tiny_shapes.py (semantic ViT, word tokenizer, LLM, HYDRA-TOK 1-2, unified I-III)",
             "command": f"`{recipe_command(recipe)}`",
+            **({"provenance": args.provenance} if args.provenance else {}),
             "steps, batch, learning rate per stage": json.dumps(recipe["stages"]),
             "training scenes": f"{recipe['scenes']} for the unified stages, the first {recipe.get('pretrain_scenes', recipe['scenes'])} "
             "of them for the pretraining and tokenizer stages",
