@@ -390,8 +390,7 @@ def main() -> None:
     logger.info("4. unified stages I-III")
     current = assemble(args.work_dir, pretrain_dataset, tokenizer, tokenizer_path, llm, repa_weight=args.repa_weight,
                        timestep_logit_mean=args.timestep_logit_mean, timestep_logit_std=args.timestep_logit_std,
-                       flow_head_hidden_size=args.flow_head_hidden_size,
-                       seed=args.unified_seed)
+                       flow_head_hidden_size=args.flow_head_hidden_size, seed=args.unified_seed)
     check_reused_stage(parser, current, HydraConfig, {
         "repa_weight": args.repa_weight, "timestep_logit_mean": args.timestep_logit_mean,
         "timestep_logit_std": args.timestep_logit_std, "flow_head_hidden_size": args.flow_head_hidden_size,
@@ -408,8 +407,7 @@ def main() -> None:
     recipe = {"stages": STAGES, "scale": args.scale, "scenes": args.num_scenes, "pretrain_scenes": args.num_pretrain_scenes,
               "stage_ii_cycles": args.stage_ii_cycles, "repa_weight": args.repa_weight, "ema_decay": args.ema_decay,
               "timestep_logit_mean": args.timestep_logit_mean, "timestep_logit_std": args.timestep_logit_std,
-              "llm": llm_size,
-              "latent_channels": args.latent_channels, "patch_size": args.patch_size,
+              "llm": llm_size, "latent_channels": args.latent_channels, "patch_size": args.patch_size,
               "flow_head_hidden_size": args.flow_head_hidden_size, "seed": TRAIN_SEED,
               "llm_seed": args.llm_seed, "unified_seed": args.unified_seed}
     (final / "training_recipe.json").write_text(json.dumps(recipe, indent=2))

@@ -10,9 +10,9 @@ flow-loss: held-out flow-matching loss at fixed flow times (1 = noise), with the
 which did not rank runs by their generation scores (README, thirteenth round); every model here sees the same
 scenes (seed 12345, never trained on) and the same noise, so the columns compare across checkpoints.
 
-word-effect, word-probe and stochastic-steps sample without classifier-free guidance and with perturbed-attention guidance as the
-shipped model does (--pag-scale 3 --pag-layers 1), whatever the checkpoint's own defaults, so that checkpoints
-compare.
+word-effect, word-probe and stochastic-steps sample without classifier-free guidance and with perturbed-attention
+guidance as the shipped model does (--pag-scale 3 --pag-layers 1), whatever the checkpoint's own defaults, so that
+checkpoints compare.
 
 word-effect: how much each word of a one-object prompt ("a red circle") changes the image drawn from the same
 noise. It prints the mean absolute pixel difference (0-255) when the shape word, the colour word or the seed
