@@ -11,8 +11,9 @@ which did not rank runs by their generation scores (README, thirteenth round); e
 scenes (seed 12345, never trained on) and the same noise, so the columns compare across checkpoints.
 
 word-effect, word-probe and stochastic-steps sample without classifier-free guidance and with perturbed-attention
-guidance as the shipped model does (--pag-scale 3 --pag-layers 1), whatever the checkpoint's own defaults, so that
-checkpoints compare.
+guidance at a fixed setting (--pag-scale 3 --pag-layers 1, the default of the checkpoint shipped before the README's
+eighteenth round, at which its figures were measured), whatever the checkpoint's own defaults, so that checkpoints
+compare. PAG's best layer differs between checkpoints (eighteenth round), so pass --pag-layers to change it.
 
 word-effect: how much each word of a one-object prompt ("a red circle") changes the image drawn from the same
 noise. It prints the mean absolute pixel difference (0-255) when the shape word, the colour word or the seed
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     stochastic.add_argument("--bands", type=band, nargs="+", default=[(0.0, 0.0), (0.0, 1.01), (0.0, 0.5), (0.5, 1.01)],
                             metavar="LOW:HIGH", help="stochastic steps at LOW <= t < HIGH (0:0 = Euler throughout)")
     for command in (word, probe, stochastic):
-        command.add_argument("--pag-scale", type=float, default=3.0, help="the shipped default; 0: no guidance")
+        command.add_argument("--pag-scale", type=float, default=3.0, help="0: no guidance")
         command.add_argument("--pag-layers", type=int, nargs="+", default=[1])
     for command in (flow, word, probe, stochastic):
         command.add_argument("models", nargs="+", help="HYDRA folders")
