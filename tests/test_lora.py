@@ -20,7 +20,9 @@ from transformers.integrations.peft import MIN_PEFT_VERSION
 
 from hydra_hf import HydraConfig, HydraForConditionalGeneration, HydraPipeline
 from hydra_hf.data import make_shapes_dataset
-from hydra_hf.lora import HEAD_MODULES, hydra_lora_config, lora_stage, lora_target_regex, lora_trainable_patterns
+from hydra_hf.lora import (
+    HEAD_MODULES, hydra_lora_config, load_lora_adapter, lora_stage, lora_target_regex, lora_trainable_patterns,
+)
 from hydra_hf.training import HydraCollator, HydraTrainer
 
 from .utils import flat_shape_image, tiny_hydra, tiny_processor
@@ -190,6 +192,28 @@ def test_adapter_loads_into_a_fresh_model_and_into_a_pipeline(tmp_path):
     pipe.unload_lora_weights()
     assert not any(isinstance(m, (LoraLayer, ModulesToSaveWrapper)) for m in pipe.model.modules())
     assert_close(outputs(pipe.model), expected)
+
+
+def test_a_trained_token_row_reaches_the_tied_lm_head_when_loaded(tmp_path):
+    """The adapter file holds the embedding's delta only (transformers' load report calls the LM head's MISSING):
+    with tied embeddings the loaded LM head must still score the new token with the trained row."""
+    rows = [5]
+    trained = get_peft_model(tiny_hydra(text_config={"tie_word_embeddings": True}),
+                             hydra_lora_config(trainable_token_indices={"embed_tokens": rows}))
+    with torch.no_grad():
+        for name, parameter in trained.named_parameters():
+            if "trainable_tokens_delta" in name:
+                parameter.add_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(0)))
+    trained.save_pretrained(tmp_path / "adapter")
+    assert not any("lm_head" in key for key in load_file(tmp_path / "adapter" / "adapter_model.safetensors"))
+
+    fresh = tiny_hydra(text_config={"tie_word_embeddings": True})
+    base_row = fresh.get_output_embeddings().weight[rows].detach().clone()
+    load_lora_adapter(fresh, tmp_path / "adapter")
+    hidden = torch.randn(1, 3, fresh.config.text_config.hidden_size, generator=torch.Generator().manual_seed(1))
+    expected = hidden @ fresh.get_input_embeddings()(torch.tensor(rows)).T  # the trained row, through the embedding
+    assert not torch.allclose(expected, hidden @ base_row.T)
+    assert_close(fresh.get_output_embeddings()(hidden)[..., rows], expected)
 
 
 def test_pipeline_switches_between_loaded_adapters(tmp_path):
