@@ -296,7 +296,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--stage_ii_cycles", type=int, default=1,
-        help="run unified stage II this many times, each with a fresh cosine schedule (2, about 35 more minutes: "
+        help="run unified stage II this many times, each with a fresh cosine schedule (2, about 33 more minutes: "
              "the shipped checkpoint, held-out GenEval-style 0.323 -> 0.379 and VQA 0.750 -> 0.840 under PAG at "
              "layer 0: README, nineteenth round)",
     )

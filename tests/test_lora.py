@@ -33,11 +33,12 @@ LLM_PROJECTION = re.compile(r"model\.language_model\.layers\.\d+\.(self_attn\.[q
 
 
 def randomize_adapter(model, seed: int = 0) -> None:
-    """Give a fresh adapter an effect: random LoRA B matrices (peft starts them at zero) and perturbed head copies."""
+    """Give a fresh adapter an effect: random LoRA B matrices and trainable token rows (peft starts both at zero) and
+    perturbed head copies."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if "lora_B" in name or ".modules_to_save." in name:
+            if "lora_B" in name or ".modules_to_save." in name or "trainable_tokens_delta" in name:
                 parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.1)
 
 
@@ -200,10 +201,7 @@ def test_a_trained_token_row_reaches_the_tied_lm_head_when_loaded(tmp_path):
     rows = [5]
     trained = get_peft_model(tiny_hydra(text_config={"tie_word_embeddings": True}),
                              hydra_lora_config(trainable_token_indices={"embed_tokens": rows}))
-    with torch.no_grad():
-        for name, parameter in trained.named_parameters():
-            if "trainable_tokens_delta" in name:
-                parameter.add_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(0)))
+    randomize_adapter(trained)
     trained.save_pretrained(tmp_path / "adapter")
     assert not any("lm_head" in key for key in load_file(tmp_path / "adapter" / "adapter_model.safetensors"))
 
