@@ -13,7 +13,8 @@ The recipe mirrors the paper's starting points, which are pretrained models, at 
 Each stage writes its result under --work_dir and is skipped when rerun, so an interrupted run continues from the
 last finished stage (and from its last complete checkpoint inside a stage). `--scale` multiplies every stage's
 step count (`--scale 0.01 --num_scenes 300 --num_pretrain_scenes 300` is a smoke run of about 1.5 minutes). The final
-model is written to `--work_dir/final`, sampling by default as `SAMPLING` says.
+model is written to `--work_dir/final`, sampling by default as `SAMPLING` says. `--start_from MODEL` trains a finished
+model further instead: more stage II cycles, then stage III.
 """
 
 import argparse
@@ -285,6 +286,38 @@ def check_reused_stage(parser: argparse.ArgumentParser, stage: Path, config_clas
         parser.error(f"{stage} was made with {differing}, not {expected}; use another --work_dir or those flags")
 
 
+def first_stages(parser: argparse.ArgumentParser, args: argparse.Namespace, pretrain_dataset) -> Path:
+    """Text tokenizer, semantic ViT, LLM and HYDRA-TOK, assembled into an untrained unified model."""
+    # The held-out colours' names are in the vocabulary (as in any real LLM's), never in the training data: their
+    # embedding rows stay untrained until a fine-tune (e.g. examples/finetune_lora.py) teaches them.
+    texts = [CAPTION_PROMPT, *HELD_OUT_COLORS] + [
+        text for column in ("caption", "question", "answer") for text in pretrain_dataset[column]
+    ]
+    tokenizer = train_word_tokenizer(texts)
+
+    logger.info("1. semantic ViT")
+    vision = {**VISION, "latent_channels": args.latent_channels, "patch_size": args.patch_size}
+    semantic_vit = pretrain_semantic_vit(args.work_dir, pretrain_dataset, args.scale, vision)
+    tokenizer_shape = {key: vision[key] for key in ("latent_channels", "patch_size")}
+    check_reused_stage(parser, semantic_vit, HydraTokConfig, tokenizer_shape)
+    logger.info("2. LLM")
+    llm_size = {**LLM, "hidden_size": args.llm_hidden_size, "num_hidden_layers": args.llm_num_layers}
+    llm = pretrain_llm(args.work_dir, pretrain_dataset, tokenizer, args.scale, llm_size, args.llm_seed)
+    check_reused_stage(parser, llm, Qwen2Config, {key: llm_size[key] for key in ("hidden_size", "num_hidden_layers")})
+    logger.info("3. HYDRA-TOK stages 1-2")
+    tokenizer_path = train_tokenizer(args.work_dir, pretrain_dataset, semantic_vit, args.scale)
+    check_reused_stage(parser, tokenizer_path, HydraTokConfig, tokenizer_shape)  # a linked tokenizer may come from elsewhere
+    logger.info("4. unified stages I-III")
+    assembled = assemble(args.work_dir, pretrain_dataset, tokenizer, tokenizer_path, llm, repa_weight=args.repa_weight,
+                         timestep_logit_mean=args.timestep_logit_mean, timestep_logit_std=args.timestep_logit_std,
+                         flow_head_hidden_size=args.flow_head_hidden_size, seed=args.unified_seed)
+    check_reused_stage(parser, assembled, HydraConfig, {
+        "repa_weight": args.repa_weight, "timestep_logit_mean": args.timestep_logit_mean,
+        "timestep_logit_std": args.timestep_logit_std, "flow_head_hidden_size": args.flow_head_hidden_size,
+    })
+    return assembled
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work_dir", type=Path, required=True, help="where every stage writes its result")
@@ -362,7 +395,15 @@ def main() -> None:
              "--work_dir; a finished llm stage found there is reused whatever its seed (1: held-out GenEval-style "
              "0.096 against 0.114 for seed 0, both with unified seed 0: README, thirteenth round)",
     )
+    parser.add_argument(
+        "--start_from", type=Path, default=None,
+        help="a finished HYDRA checkpoint to train further (a --work_dir's final, or the embedded model in "
+             "src/hydra_hf/assets/hydra-tiny-shapes): the first stages and stage I are skipped, --stage_ii_cycles more "
+             "stage II cycles and stage III run on it, and the flags that shape the model or its first stages do not apply",
+    )
     args = parser.parse_args()
+    if args.start_from is not None and not (args.start_from / "config.json").is_file():
+        parser.error(f"--start_from must be a saved HYDRA checkpoint folder with a config.json, got {args.start_from}")
     # Checked here, not when a stage builds its config: the flow head's is built after about 40 minutes of training.
     for flag in ("stage_ii_cycles", "latent_channels", "patch_size", "flow_head_hidden_size", "llm_hidden_size", "llm_num_layers"):
         if getattr(args, flag) < 1:
@@ -375,35 +416,13 @@ def main() -> None:
     dataset = make_shapes_dataset(max(args.num_scenes, args.num_pretrain_scenes), seed=TRAIN_SEED)
     pretrain_dataset = dataset.select(range(args.num_pretrain_scenes))
     dataset = dataset.select(range(args.num_scenes))
-    # The held-out colours' names are in the vocabulary (as in any real LLM's), never in the training data: their
-    # embedding rows stay untrained until a fine-tune (e.g. examples/finetune_lora.py) teaches them.
-    texts = [CAPTION_PROMPT, *HELD_OUT_COLORS] + [
-        text for column in ("caption", "question", "answer") for text in pretrain_dataset[column]
-    ]
-    tokenizer = train_word_tokenizer(texts)
-
-    logger.info("1. semantic ViT")
-    vision = {**VISION, "latent_channels": args.latent_channels, "patch_size": args.patch_size}
-    semantic_vit = pretrain_semantic_vit(args.work_dir, pretrain_dataset, args.scale, vision)
-    tokenizer_shape = {key: vision[key] for key in ("latent_channels", "patch_size")}
-    check_reused_stage(parser, semantic_vit, HydraTokConfig, tokenizer_shape)
-    logger.info("2. LLM")
-    llm_size = {**LLM, "hidden_size": args.llm_hidden_size, "num_hidden_layers": args.llm_num_layers}
-    llm = pretrain_llm(args.work_dir, pretrain_dataset, tokenizer, args.scale, llm_size, args.llm_seed)
-    check_reused_stage(parser, llm, Qwen2Config, {key: llm_size[key] for key in ("hidden_size", "num_hidden_layers")})
-    logger.info("3. HYDRA-TOK stages 1-2")
-    tokenizer_path = train_tokenizer(args.work_dir, pretrain_dataset, semantic_vit, args.scale)
-    check_reused_stage(parser, tokenizer_path, HydraTokConfig, tokenizer_shape)  # a linked tokenizer may come from elsewhere
-    logger.info("4. unified stages I-III")
-    current = assemble(args.work_dir, pretrain_dataset, tokenizer, tokenizer_path, llm, repa_weight=args.repa_weight,
-                       timestep_logit_mean=args.timestep_logit_mean, timestep_logit_std=args.timestep_logit_std,
-                       flow_head_hidden_size=args.flow_head_hidden_size, seed=args.unified_seed)
-    check_reused_stage(parser, current, HydraConfig, {
-        "repa_weight": args.repa_weight, "timestep_logit_mean": args.timestep_logit_mean,
-        "timestep_logit_std": args.timestep_logit_std, "flow_head_hidden_size": args.flow_head_hidden_size,
-    })
     unified = dict(ema_decay=args.ema_decay, seed=args.unified_seed)
-    current = train_unified(args.work_dir, dataset, current, "I", args.scale, 0.5, **unified)
+    if args.start_from is None:
+        current = first_stages(parser, args, pretrain_dataset)
+        current = train_unified(args.work_dir, dataset, current, "I", args.scale, 0.5, **unified)
+    else:
+        current = args.start_from
+        logger.info(f"4. unified stages II-III, continuing from {current}")
     for cycle in range(1, args.stage_ii_cycles + 1):
         current = train_unified(args.work_dir, dataset, current, "II", args.scale, 0.5, cycle, **unified)
     current = train_unified(args.work_dir, dataset, current, "III", args.scale, 0.3, **unified)
@@ -412,12 +431,17 @@ def main() -> None:
     model.generation_config.text_to_image = SAMPLING
     model.save_pretrained(final)
     HydraProcessor.from_pretrained(current).save_pretrained(final)
+    llm_size = {**LLM, "hidden_size": args.llm_hidden_size, "num_hidden_layers": args.llm_num_layers}
     recipe = {"stages": STAGES, "scale": args.scale, "scenes": args.num_scenes, "pretrain_scenes": args.num_pretrain_scenes,
               "stage_ii_cycles": args.stage_ii_cycles, "repa_weight": args.repa_weight, "ema_decay": args.ema_decay,
               "timestep_logit_mean": args.timestep_logit_mean, "timestep_logit_std": args.timestep_logit_std,
               "llm": llm_size, "latent_channels": args.latent_channels, "patch_size": args.patch_size,
               "flow_head_hidden_size": args.flow_head_hidden_size, "seed": TRAIN_SEED,
               "llm_seed": args.llm_seed, "unified_seed": args.unified_seed}
+    if args.start_from is not None:  # the model's shape and first stages are the start's: keep its own recipe
+        earlier = args.start_from / "training_recipe.json"
+        recipe = {"start_from": str(args.start_from), "start_recipe": json.loads(earlier.read_text()) if earlier.is_file() else None,
+                  **{key: recipe[key] for key in ("stages", "scale", "scenes", "stage_ii_cycles", "ema_decay", "unified_seed")}}
     (final / "training_recipe.json").write_text(json.dumps(recipe, indent=2))
     logger.info(f"done: {final}")
 

@@ -37,14 +37,29 @@ RECIPE_FLAG_NAMES = {"scenes": "num_scenes", "pretrain_scenes": "num_pretrain_sc
 RECIPE_NOT_FLAGS = ("stages", "seed", "llm")  # the step table, the fixed data seed, the LLM's size (two flags)
 
 
-def recipe_command(recipe: dict) -> str:
+def recipe_command(recipe: dict, work_dir: str = "DIR") -> str:
     """The recipe's command line with every flag its training_recipe.json records (older recipes record fewer; a
-    flag they lack took the script's default of that time)."""
+    flag they lack took the script's default of that time). A recipe continued with `--start_from` gives the
+    start's command, then its own."""
+    if "start_from" in recipe:
+        start = recipe["start_recipe"]
+        continued = {key: value for key, value in recipe.items() if key not in ("start_from", "start_recipe", "stages")}
+        given = " ".join(f"--{RECIPE_FLAG_NAMES.get(name, name)} {value}" for name, value in continued.items() if value is not None)
+        start_dir = f"{work_dir}_start"
+        then = f"python examples/train_hydra_tiny_shapes.py --work_dir {work_dir} --start_from {start_dir}/final {given}"
+        return f"{recipe_command(start, start_dir)} && {then}" if start else then
     flags = {RECIPE_FLAG_NAMES.get(key, key): value for key, value in recipe.items() if key not in RECIPE_NOT_FLAGS}
     llm = recipe.get("llm", {})
     flags.update(llm_hidden_size=llm.get("hidden_size"), llm_num_layers=llm.get("num_hidden_layers"))
     given = " ".join(f"--{name} {value}" for name, value in flags.items() if value is not None)
-    return f"python examples/train_hydra_tiny_shapes.py --work_dir DIR {given}"
+    return f"python examples/train_hydra_tiny_shapes.py --work_dir {work_dir} {given}"
+
+
+def first_recipe(recipe: dict) -> dict:
+    """The recipe that trained the model's first stages, through any `--start_from` continuations."""
+    while recipe.get("start_recipe"):
+        recipe = recipe["start_recipe"]
+    return recipe
 
 
 def install_generation_defaults(settings: dict) -> dict:
@@ -79,6 +94,7 @@ def main() -> None:
             if file.name not in SKIP:
                 shutil.copy2(file, ASSET / file.name)
     recipe = json.loads((args.model / "training_recipe.json").read_text())
+    first = first_recipe(recipe)
     sampling = install_generation_defaults(scores["settings"])
     card = model_card(
         model_name="hydra-tiny-shapes",
@@ -97,10 +113,10 @@ def main() -> None:
             "command": f"`{recipe_command(recipe)}`",
             **({"provenance": args.provenance} if args.provenance else {}),
             "steps, batch, learning rate per stage": json.dumps(recipe["stages"]),
-            "training scenes": f"{recipe['scenes']} for the unified stages, the first {recipe.get('pretrain_scenes', recipe['scenes'])} "
+            "training scenes": f"{recipe['scenes']} for the unified stages, the first {first.get('pretrain_scenes', first['scenes'])} "
             "of them for the pretraining and tokenizer stages",
-            "seeds": f"data and first stages {recipe['seed']}, LLM pretraining {recipe.get('llm_seed', recipe['seed'])}, "
-            f"unified stages {recipe.get('unified_seed', recipe['seed'])}",
+            "seeds": f"data and first stages {first['seed']}, LLM pretraining {first.get('llm_seed', first['seed'])}, "
+            f"unified stages {recipe.get('unified_seed', first['seed'])}",
             "evaluation": f"{scores['num_scenes']} held-out scenes (seed {scores['seed']}), `hydra-hf eval shapes`, "
             f"{scores['settings']}",
         },

@@ -25,12 +25,28 @@ def test_recipe_command_names_only_flags_the_training_script_has():
     assert "--num_scenes 40000" in command and "--latent_channels 16" in command and "--unified_seed 2" in command
     assert "--timestep_logit_std 1.6" in command
     assert "--llm_hidden_size 128 --llm_num_layers 4" in command and "--stages" not in command and "--seed " not in command
+    assert set(re.findall(r"--(\w+)", command)) <= training_script_flags()
+
+
+def training_script_flags() -> set[str]:
     script_help = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "train_hydra_tiny_shapes.py"), "--help"],
         capture_output=True, text=True, check=True,
     ).stdout
-    known = set(re.findall(r"--(\w+)", script_help))
-    assert set(re.findall(r"--(\w+)", command)) <= known
+    return set(re.findall(r"--(\w+)", script_help))
+
+
+def test_a_continued_recipe_gives_its_start_command_then_its_own():
+    packager = load_packager()
+    start = json.loads((packager.ASSET / "training_recipe.json").read_text())
+    continued = {"start_from": "outputs/x/final", "start_recipe": start, "stages": start["stages"], "scale": 1.0,
+                 "scenes": 40000, "stage_ii_cycles": 1, "ema_decay": None, "unified_seed": 2}
+    first, then = packager.recipe_command(continued).split(" && ")
+    assert first == packager.recipe_command(start, "DIR_start")
+    assert then == ("python examples/train_hydra_tiny_shapes.py --work_dir DIR --start_from DIR_start/final "
+                    "--scale 1.0 --num_scenes 40000 --stage_ii_cycles 1 --unified_seed 2")
+    assert set(re.findall(r"--(\w+)", then)) <= training_script_flags()
+    assert packager.first_recipe({**continued, "start_recipe": continued}) is start
 
 
 def test_card_table_carries_the_well_drawn_score_when_the_scores_have_it():
