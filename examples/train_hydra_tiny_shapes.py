@@ -14,7 +14,8 @@ Each stage writes its result under --work_dir and is skipped when rerun, so an i
 last finished stage (and from its last complete checkpoint inside a stage). `--scale` multiplies every stage's
 step count (`--scale 0.01 --num_scenes 300 --num_pretrain_scenes 300` is a smoke run of about 1.5 minutes). The final
 model is written to `--work_dir/final`, sampling by default as `SAMPLING` says. `--start_from MODEL` trains a finished
-model further instead: more stage II cycles, then stage III.
+model further instead: more stage II cycles, then stage III. The rounds that the flags' help cites are sections of
+docs/experiments.md.
 """
 
 import argparse
@@ -83,7 +84,7 @@ STAGES = {
 GRID = 4  # the semantic ViT learns where each colour and shape lies on a GRID x GRID layout
 # The final model's own text-to-image defaults (its generation config's `text_to_image`, read by HydraPipeline):
 # perturbed-attention guidance at the LLM's first layer, no CFG. On the 480 development prompts it beat PAG at layer
-# 1 for five of six plain draws of this recipe (README, nineteenth round).
+# 1 for five of six plain draws of this recipe (docs/experiments.md, nineteenth round).
 SAMPLING = dict(guidance_scale=1.0, pag_scale=3.0, pag_applied_layers=[0])
 
 
@@ -331,12 +332,12 @@ def main() -> None:
         "--stage_ii_cycles", type=int, default=1,
         help="run unified stage II this many times, each with a fresh cosine schedule (2, about 33 more minutes: "
              "the shipped checkpoint, held-out GenEval-style 0.323 -> 0.379 and VQA 0.750 -> 0.840 under PAG at "
-             "layer 0: README, nineteenth round)",
+             "layer 0: nineteenth round)",
     )
     parser.add_argument(
         "--repa_weight", type=float, default=0.0,
         help="REPA in the unified stages (HydraConfig.repa_weight; 0.5 raised held-out GenEval-style from 0.236 to "
-             "0.288 but left about 19 specks per image: README, sixth to eighth rounds)",
+             "0.288 but left about 19 specks per image: sixth to eighth rounds)",
     )
     parser.add_argument(
         "--ema_decay", type=float, default=None,
@@ -346,19 +347,19 @@ def main() -> None:
         "--timestep_logit_mean", type=float, default=0.0,
         help="centre of the unified stages' logit-normal flow times (HydraConfig.timestep_logit_mean); > 0 trains the "
              "noisy times, where the prompt decides the layout, more often (0.8: GenEval-style 0.212 at guidance 5, "
-             "27 specks per image: README, ninth round)",
+             "27 specks per image: ninth round)",
     )
     parser.add_argument(
         "--timestep_logit_std", type=float, default=1.0,
         help="spread of the unified stages' logit-normal flow times (HydraConfig.timestep_logit_std); > 1 trains both "
              "ends more often, the noisy times where the prompt decides the layout and the clean ones that keep "
              "specks away, at the expense of the middle (1.6, 14%% of times above 0.85 instead of 5%%: development "
-             "GenEval-style 0.046 / 0.075 for two seeds under PAG, 0.208 / 0.175 unguided: README, eighteenth round)",
+             "GenEval-style 0.046 / 0.075 for two seeds under PAG, 0.208 / 0.175 unguided: eighteenth round)",
     )
     parser.add_argument(
         "--llm_hidden_size", type=int, default=LLM["hidden_size"],
         help="width of the LLM, a multiple of 32 (256 wide, 6 deep, stage II at 5e-4: it ended at a flow loss of 0.313 "
-             "against 0.216, GenEval-style 0.236 with 20 specks per image, VQA 0.736: README, tenth round)",
+             "against 0.216, GenEval-style 0.236 with 20 specks per image, VQA 0.736: tenth round)",
     )
     parser.add_argument(
         "--llm_num_layers", type=int, default=LLM["num_hidden_layers"], help="decoder layers of the LLM"
@@ -366,19 +367,19 @@ def main() -> None:
     parser.add_argument(
         "--latent_channels", type=int, default=VISION["latent_channels"],
         help="channels of HYDRA-TOK's latent per patch: what the flow head generates and the pixel decoder reads "
-             "(8: PSNR 29.82 dB, held-out GenEval-style 0.252 against 0.291, VQA 0.758: README, eleventh round)",
+             "(8: PSNR 29.82 dB, held-out GenEval-style 0.252 against 0.291, VQA 0.758: eleventh round)",
     )
     parser.add_argument(
         "--patch_size", type=int, default=VISION["patch_size"],
         help="side of HYDRA-TOK's square patches in pixels, a divisor of 64: the latent grid is 64 / patch_size on a "
              "side (16, with 32 latent channels: 16 image tokens, the recipe in 30 minutes, but PSNR 25.42 dB, "
-             "held-out GenEval-style 0.183, VQA 0.700: README, thirteenth round)",
+             "held-out GenEval-style 0.183, VQA 0.700: thirteenth round)",
     )
     parser.add_argument(
         "--flow_head_hidden_size", type=int, default=256,
         help="width of the flow head's residual MLP blocks (512: held-out GenEval-style mean 0.284 over three unified "
              "seeds with 8 latent channels, 0.237 over two with 16, against 0.212 over three for 256 with 16; none of "
-             "it significant, and 8 channels miss the PSNR target: README, eleventh, fourteenth, fifteenth rounds)",
+             "it significant, and 8 channels miss the PSNR target: eleventh, fourteenth, fifteenth rounds)",
     )
     parser.add_argument(
         "--unified_seed", type=int, default=TRAIN_SEED,
@@ -386,14 +387,14 @@ def main() -> None:
              "times; the data stay those of seed 0). To compare seeds on the same first stages, link semantic_vit, "
              "llm, tokenizer_1 and tokenizer_2 into a fresh --work_dir: a finished assembled or unified stage found "
              "there is reused whatever its seed (seeds 0, 1, 2 on one set of first stages: held-out GenEval-style "
-             "0.114, 0.285, 0.236: README, thirteenth round)",
+             "0.114, 0.285, 0.236: thirteenth round)",
     )
     parser.add_argument(
         "--llm_seed", type=int, default=TRAIN_SEED,
         help="seed of the LLM's pretraining alone (initialisation and data order), to tell the LLM's share of the "
              "run-to-run spread from the tokenizer's: link semantic_vit, tokenizer_1 and tokenizer_2 into a fresh "
              "--work_dir; a finished llm stage found there is reused whatever its seed (1: held-out GenEval-style "
-             "0.096 against 0.114 for seed 0, both with unified seed 0: README, thirteenth round)",
+             "0.096 against 0.114 for seed 0, both with unified seed 0: thirteenth round)",
     )
     parser.add_argument(
         "--start_from", type=Path, default=None,

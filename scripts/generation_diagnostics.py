@@ -7,13 +7,14 @@
 
 flow-loss: held-out flow-matching loss at fixed flow times (1 = noise), with the caption and with the empty prompt
 (their difference is how much the velocity uses the prompt). Training logs one loss averaged over sampled times,
-which did not rank runs by their generation scores (README, thirteenth round); every model here sees the same
-scenes (seed 12345, never trained on) and the same noise, so the columns compare across checkpoints.
+which did not rank runs by their generation scores (docs/experiments.md, thirteenth round); every model here sees the
+same scenes (seed 12345, never trained on) and the same noise, so the columns compare across checkpoints.
 
 word-effect, word-probe and stochastic-steps sample without classifier-free guidance and with perturbed-attention
-guidance at a fixed setting (--pag-scale 3 --pag-layers 1, the default of the checkpoint shipped before the README's
-eighteenth round, at which its figures were measured), whatever the checkpoint's own defaults, so that checkpoints
-compare. PAG's best layer differs between checkpoints (eighteenth round), so pass --pag-layers to change it.
+guidance at a fixed setting (--pag-scale 3 --pag-layers 1, the default of the checkpoint shipped before the
+eighteenth round of docs/experiments.md, at which its figures were measured), whatever the checkpoint's own defaults,
+so that checkpoints compare. PAG's best layer differs between checkpoints (eighteenth round), so pass --pag-layers to
+change it.
 
 word-effect: how much each word of a one-object prompt ("a red circle") changes the image drawn from the same
 noise. It prints the mean absolute pixel difference (0-255) when the shape word, the colour word or the seed
