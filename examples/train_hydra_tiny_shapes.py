@@ -287,7 +287,7 @@ def check_reused_stage(parser: argparse.ArgumentParser, stage: Path, config_clas
         parser.error(f"{stage} was made with {differing}, not {expected}; use another --work_dir or those flags")
 
 
-def first_stages(parser: argparse.ArgumentParser, args: argparse.Namespace, pretrain_dataset) -> Path:
+def first_stages(parser: argparse.ArgumentParser, args: argparse.Namespace, pretrain_dataset, llm_size: dict) -> Path:
     """Text tokenizer, semantic ViT, LLM and HYDRA-TOK, assembled into an untrained unified model."""
     # The held-out colours' names are in the vocabulary (as in any real LLM's), never in the training data: their
     # embedding rows stay untrained until a fine-tune (e.g. examples/finetune_lora.py) teaches them.
@@ -302,7 +302,6 @@ def first_stages(parser: argparse.ArgumentParser, args: argparse.Namespace, pret
     tokenizer_shape = {key: vision[key] for key in ("latent_channels", "patch_size")}
     check_reused_stage(parser, semantic_vit, HydraTokConfig, tokenizer_shape)
     logger.info("2. LLM")
-    llm_size = {**LLM, "hidden_size": args.llm_hidden_size, "num_hidden_layers": args.llm_num_layers}
     llm = pretrain_llm(args.work_dir, pretrain_dataset, tokenizer, args.scale, llm_size, args.llm_seed)
     check_reused_stage(parser, llm, Qwen2Config, {key: llm_size[key] for key in ("hidden_size", "num_hidden_layers")})
     logger.info("3. HYDRA-TOK stages 1-2")
@@ -418,9 +417,10 @@ def main() -> None:
     dataset = make_shapes_dataset(max(args.num_scenes, args.num_pretrain_scenes), seed=TRAIN_SEED)
     pretrain_dataset = dataset.select(range(args.num_pretrain_scenes))
     dataset = dataset.select(range(args.num_scenes))
+    llm_size = {**LLM, "hidden_size": args.llm_hidden_size, "num_hidden_layers": args.llm_num_layers}
     unified = dict(ema_decay=args.ema_decay, seed=args.unified_seed)
     if args.start_from is None:
-        current = first_stages(parser, args, pretrain_dataset)
+        current = first_stages(parser, args, pretrain_dataset, llm_size)
         current = train_unified(args.work_dir, dataset, current, "I", args.scale, 0.5, **unified)
     else:
         current = args.start_from
@@ -433,7 +433,6 @@ def main() -> None:
     model.generation_config.text_to_image = SAMPLING
     model.save_pretrained(final)
     HydraProcessor.from_pretrained(current).save_pretrained(final)
-    llm_size = {**LLM, "hidden_size": args.llm_hidden_size, "num_hidden_layers": args.llm_num_layers}
     recipe = {"stages": STAGES, "scale": args.scale, "scenes": args.num_scenes, "pretrain_scenes": args.num_pretrain_scenes,
               "stage_ii_cycles": args.stage_ii_cycles, "repa_weight": args.repa_weight, "ema_decay": args.ema_decay,
               "timestep_logit_mean": args.timestep_logit_mean, "timestep_logit_std": args.timestep_logit_std,
@@ -442,8 +441,9 @@ def main() -> None:
               "llm_seed": args.llm_seed, "unified_seed": args.unified_seed}
     if args.start_from is not None:  # the model's shape and first stages are the start's: keep its own recipe
         earlier = args.start_from / "training_recipe.json"
+        kept = ("stages", "scale", "scenes", "stage_ii_cycles", "ema_decay", "seed", "unified_seed")  # seed: the data's
         recipe = {"start_from": str(args.start_from), "start_recipe": json.loads(earlier.read_text()) if earlier.is_file() else None,
-                  **{key: recipe[key] for key in ("stages", "scale", "scenes", "stage_ii_cycles", "ema_decay", "unified_seed")}}
+                  **{key: recipe[key] for key in kept}}
     (final / "training_recipe.json").write_text(json.dumps(recipe, indent=2))
     logger.info(f"done: {final}")
 

@@ -41,18 +41,17 @@ def recipe_command(recipe: dict, work_dir: str = "DIR") -> str:
     """The recipe's command line with every flag its training_recipe.json records (older recipes record fewer; a
     flag they lack took the script's default of that time). A recipe continued with `--start_from` gives the
     start's command, then its own."""
+    start, start_dir = recipe.get("start_recipe"), f"{work_dir}_start"
+    flags = {RECIPE_FLAG_NAMES.get(key, key): value for key, value in recipe.items()
+             if key not in (*RECIPE_NOT_FLAGS, "start_from", "start_recipe")}
     if "start_from" in recipe:
-        start = recipe["start_recipe"]
-        continued = {key: value for key, value in recipe.items() if key not in ("start_from", "start_recipe", "stages")}
-        given = " ".join(f"--{RECIPE_FLAG_NAMES.get(name, name)} {value}" for name, value in continued.items() if value is not None)
-        start_dir = f"{work_dir}_start"
-        then = f"python examples/train_hydra_tiny_shapes.py --work_dir {work_dir} --start_from {start_dir}/final {given}"
-        return f"{recipe_command(start, start_dir)} && {then}" if start else then
-    flags = {RECIPE_FLAG_NAMES.get(key, key): value for key, value in recipe.items() if key not in RECIPE_NOT_FLAGS}
-    llm = recipe.get("llm", {})
-    flags.update(llm_hidden_size=llm.get("hidden_size"), llm_num_layers=llm.get("num_hidden_layers"))
+        flags = {"start_from": f"{start_dir}/final", **flags}
+    else:
+        llm = recipe.get("llm", {})
+        flags.update(llm_hidden_size=llm.get("hidden_size"), llm_num_layers=llm.get("num_hidden_layers"))
     given = " ".join(f"--{name} {value}" for name, value in flags.items() if value is not None)
-    return f"python examples/train_hydra_tiny_shapes.py --work_dir {work_dir} {given}"
+    command = f"python examples/train_hydra_tiny_shapes.py --work_dir {work_dir} {given}"
+    return f"{recipe_command(start, start_dir)} && {command}" if start else command
 
 
 def first_recipe(recipe: dict) -> dict:
