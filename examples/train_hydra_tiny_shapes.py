@@ -335,6 +335,17 @@ def main() -> None:
              "twentieth round)",
     )
     parser.add_argument(
+        "--generation_ratio", type=float, default=0.5,
+        help="share of stage II rows that are text-to-image examples, the rest understanding (stage I keeps 0.5, "
+             "stage III 0.3)",
+    )
+    parser.add_argument(
+        "--data_seed", type=int, default=TRAIN_SEED,
+        help="seed of the shapes-world scenes every stage trains on (the pretraining stages take the first "
+             "--num_pretrain_scenes of them); with --start_from, another seed gives the further cycles scenes the start "
+             "never saw (evaluation uses seeds 777 and 12345)",
+    )
+    parser.add_argument(
         "--repa_weight", type=float, default=0.0,
         help="REPA in the unified stages (HydraConfig.repa_weight; 0.5 raised held-out GenEval-style from 0.236 to "
              "0.288 but left about 19 specks per image: sixth to eighth rounds)",
@@ -411,10 +422,12 @@ def main() -> None:
             parser.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     if IMAGE_SIZE % args.patch_size:
         parser.error(f"--patch_size must divide the {IMAGE_SIZE} px canvas, got {args.patch_size}")
+    if not 0.0 <= args.generation_ratio <= 1.0:
+        parser.error(f"--generation_ratio must be in [0, 1], got {args.generation_ratio}")
     if args.llm_hidden_size % LLM_HEAD_DIM:
         parser.error(f"--llm_hidden_size must be a multiple of {LLM_HEAD_DIM}, got {args.llm_hidden_size}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    dataset = make_shapes_dataset(max(args.num_scenes, args.num_pretrain_scenes), seed=TRAIN_SEED)
+    dataset = make_shapes_dataset(max(args.num_scenes, args.num_pretrain_scenes), seed=args.data_seed)
     pretrain_dataset = dataset.select(range(args.num_pretrain_scenes))
     dataset = dataset.select(range(args.num_scenes))
     llm_size = {**LLM, "hidden_size": args.llm_hidden_size, "num_hidden_layers": args.llm_num_layers}
@@ -426,7 +439,7 @@ def main() -> None:
         current = args.start_from
         logger.info(f"4. unified stages II-III, continuing from {current}")
     for cycle in range(1, args.stage_ii_cycles + 1):
-        current = train_unified(args.work_dir, dataset, current, "II", args.scale, 0.5, cycle, **unified)
+        current = train_unified(args.work_dir, dataset, current, "II", args.scale, args.generation_ratio, cycle, **unified)
     current = train_unified(args.work_dir, dataset, current, "III", args.scale, 0.3, **unified)
     final = args.work_dir / "final"
     model = HydraForConditionalGeneration.from_pretrained(current)
@@ -434,14 +447,15 @@ def main() -> None:
     model.save_pretrained(final)
     HydraProcessor.from_pretrained(current).save_pretrained(final)
     recipe = {"stages": STAGES, "scale": args.scale, "scenes": args.num_scenes, "pretrain_scenes": args.num_pretrain_scenes,
-              "stage_ii_cycles": args.stage_ii_cycles, "repa_weight": args.repa_weight, "ema_decay": args.ema_decay,
+              "stage_ii_cycles": args.stage_ii_cycles, "generation_ratio": args.generation_ratio, "repa_weight": args.repa_weight, "ema_decay": args.ema_decay,
               "timestep_logit_mean": args.timestep_logit_mean, "timestep_logit_std": args.timestep_logit_std,
               "llm": llm_size, "latent_channels": args.latent_channels, "patch_size": args.patch_size,
-              "flow_head_hidden_size": args.flow_head_hidden_size, "seed": TRAIN_SEED,
+              "flow_head_hidden_size": args.flow_head_hidden_size, "seed": TRAIN_SEED, "data_seed": args.data_seed,
               "llm_seed": args.llm_seed, "unified_seed": args.unified_seed}
     if args.start_from is not None:  # the model's shape and first stages are the start's: keep its own recipe
         earlier = args.start_from / "training_recipe.json"
-        kept = ("stages", "scale", "scenes", "stage_ii_cycles", "ema_decay", "seed", "unified_seed")  # seed: the data's
+        kept = ("stages", "scale", "scenes", "stage_ii_cycles", "generation_ratio", "ema_decay", "seed", "data_seed",
+                "unified_seed")
         recipe = {"start_from": str(args.start_from), "start_recipe": json.loads(earlier.read_text()) if earlier.is_file() else None,
                   **{key: recipe[key] for key in kept}}
     (final / "training_recipe.json").write_text(json.dumps(recipe, indent=2))

@@ -95,6 +95,8 @@ def main() -> None:
     recipe = json.loads((args.model / "training_recipe.json").read_text())
     first = first_recipe(recipe)
     sampling = install_generation_defaults(scores["settings"])
+    first_scenes, last_scenes = first.get("data_seed", 0), recipe.get("data_seed", 0)  # older recipes: always seed 0
+    scene_seeds = f"{first_scenes}" if first_scenes == last_scenes else f"{first_scenes}, the continuation's {last_scenes}"
     card = model_card(
         model_name="hydra-tiny-shapes",
         datasets=["synthetic shapes world (hydra_hf.data.shapes)"],
@@ -114,8 +116,8 @@ def main() -> None:
             "steps, batch, learning rate per stage": json.dumps(recipe["stages"]),
             "training scenes": f"{recipe['scenes']} for the unified stages, the first {first.get('pretrain_scenes', first['scenes'])} "
             "of them for the pretraining and tokenizer stages",
-            "seeds": f"data and first stages {first['seed']}, LLM pretraining {first.get('llm_seed', first['seed'])}, "
-            f"unified stages {recipe.get('unified_seed', first['seed'])}",
+            "seeds": f"first stages {first['seed']}, LLM pretraining {first.get('llm_seed', first['seed'])}, unified "
+            f"stages {recipe.get('unified_seed', first['seed'])}; training scenes {scene_seeds}",
             "evaluation": f"{scores['num_scenes']} held-out scenes (seed {scores['seed']}), `hydra-hf eval shapes`, "
             f"{scores['settings']}",
         },

@@ -40,11 +40,12 @@ def test_a_continued_recipe_gives_its_start_command_then_its_own():
     packager = load_packager()
     start = json.loads((packager.ASSET / "training_recipe.json").read_text())
     continued = {"start_from": "outputs/x/final", "start_recipe": start, "stages": start["stages"], "scale": 1.0,
-                 "scenes": 40000, "stage_ii_cycles": 1, "ema_decay": None, "seed": 0, "unified_seed": 2}
+                 "scenes": 40000, "stage_ii_cycles": 1, "generation_ratio": 0.8, "ema_decay": None, "seed": 0,
+                 "data_seed": 1, "unified_seed": 2}
     first, then = packager.recipe_command(continued).split(" && ")
     assert first == packager.recipe_command(start, "DIR_start")
     assert then == ("python examples/train_hydra_tiny_shapes.py --work_dir DIR --start_from DIR_start/final "
-                    "--scale 1.0 --num_scenes 40000 --stage_ii_cycles 1 --unified_seed 2")
+                    "--scale 1.0 --num_scenes 40000 --stage_ii_cycles 1 --generation_ratio 0.8 --data_seed 1 --unified_seed 2")
     assert set(re.findall(r"--(\w+)", then)) <= training_script_flags()
     assert packager.first_recipe({**continued, "start_recipe": continued}) is start
     assert packager.recipe_command({**continued, "start_recipe": None}) == then  # a start without a recipe of its own
