@@ -86,6 +86,9 @@ GRID = 4  # the semantic ViT learns where each colour and shape lies on a GRID x
 # perturbed-attention guidance at the LLM's first layer, no CFG. On the 480 development prompts it beat PAG at layer
 # 1 for five of six plain draws of this recipe (docs/experiments.md, nineteenth round).
 SAMPLING = dict(guidance_scale=1.0, pag_scale=3.0, pag_applied_layers=[0])
+# The flags that a model trained further with --start_from already has fixed (its architecture and first stages).
+START_FIXES = ("num_pretrain_scenes", "repa_weight", "timestep_logit_mean", "timestep_logit_std", "llm_hidden_size",
+               "llm_num_layers", "latent_channels", "patch_size", "flow_head_hidden_size", "llm_seed")
 
 
 def shapes_image_processor(patch_size: int) -> HydraImageProcessor:
@@ -411,11 +414,15 @@ def main() -> None:
         "--start_from", type=Path, default=None,
         help="a finished HYDRA checkpoint to train further (a --work_dir's final, or the embedded model in "
              "src/hydra_hf/assets/hydra-tiny-shapes): the first stages and stage I are skipped, --stage_ii_cycles more "
-             "stage II cycles and stage III run on it, and the flags that shape the model or its first stages do not apply",
+             "stage II cycles and stage III run on it; the flags that shape the model or its first stages are refused",
     )
     args = parser.parse_args()
-    if args.start_from is not None and not (args.start_from / "config.json").is_file():
-        parser.error(f"--start_from must be a saved HYDRA checkpoint folder with a config.json, got {args.start_from}")
+    if args.start_from is not None:
+        if not (args.start_from / "config.json").is_file():
+            parser.error(f"--start_from must be a saved HYDRA checkpoint folder with a config.json, got {args.start_from}")
+        fixed_by_start = [f"--{flag}" for flag in START_FIXES if getattr(args, flag) != parser.get_default(flag)]
+        if fixed_by_start:
+            parser.error(f"{', '.join(fixed_by_start)} shape the model or its first stages, which --start_from takes as they are")
     # Checked here, not when a stage builds its config: the flow head's is built after about 40 minutes of training.
     for flag in ("stage_ii_cycles", "latent_channels", "patch_size", "flow_head_hidden_size", "llm_hidden_size", "llm_num_layers"):
         if getattr(args, flag) < 1:
@@ -427,8 +434,9 @@ def main() -> None:
     if args.llm_hidden_size % LLM_HEAD_DIM:
         parser.error(f"--llm_hidden_size must be a multiple of {LLM_HEAD_DIM}, got {args.llm_hidden_size}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    dataset = make_shapes_dataset(max(args.num_scenes, args.num_pretrain_scenes), seed=args.data_seed)
-    pretrain_dataset = dataset.select(range(args.num_pretrain_scenes))
+    pretrain_scenes = args.num_pretrain_scenes if args.start_from is None else 0
+    dataset = make_shapes_dataset(max(args.num_scenes, pretrain_scenes), seed=args.data_seed)
+    pretrain_dataset = dataset.select(range(pretrain_scenes))
     dataset = dataset.select(range(args.num_scenes))
     llm_size = {**LLM, "hidden_size": args.llm_hidden_size, "num_hidden_layers": args.llm_num_layers}
     unified = dict(ema_decay=args.ema_decay, seed=args.unified_seed)

@@ -58,3 +58,12 @@ def test_card_table_carries_the_well_drawn_score_when_the_scores_have_it():
     table = packager.eval_table({**scores, "well_drawn_overall": 0.13377})
     assert table["GenEval-style overall, well-drawn shapes only (fit >= 0.8)"] == 0.134
     assert table["GenEval-style overall"] == 0.291 and table["tokenizer reconstruction PSNR (dB)"] == 31.66
+
+
+def test_training_further_refuses_flags_that_the_start_has_fixed(tmp_path):
+    command = [sys.executable, str(ROOT / "examples" / "train_hydra_tiny_shapes.py"), "--work_dir", str(tmp_path / "run"),
+               "--start_from", str(load_packager().ASSET), "--latent_channels", "8", "--llm_seed", "1"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "--latent_channels, --llm_seed shape the model or its first stages" in result.stderr
+    assert not (tmp_path / "run").exists()
