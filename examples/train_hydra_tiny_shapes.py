@@ -340,13 +340,15 @@ def main() -> None:
     parser.add_argument(
         "--generation_ratio", type=float, default=0.5,
         help="share of stage II rows that are text-to-image examples, the rest understanding (stage I keeps 0.5, "
-             "stage III 0.3)",
+             "stage III 0.3; 0.8 in a third cycle on the shipped model: development GenEval-style 0.373 against 0.342 "
+             "at 0.5, held-out 0.403 with VQA 0.830: twenty-first round)",
     )
     parser.add_argument(
         "--data_seed", type=int, default=TRAIN_SEED,
         help="seed of the shapes-world scenes every stage trains on (the pretraining stages take the first "
              "--num_pretrain_scenes of them); with --start_from, another seed gives the further cycles scenes the start "
-             "never saw (evaluation uses seeds 777 and 12345)",
+             "never saw (evaluation uses seeds 777 and 12345; a third cycle on the shipped model on seed 1's scenes: "
+             "development GenEval-style 0.365 against 0.342 on seed 0's, the same stage II losses: twenty-first round)",
     )
     parser.add_argument(
         "--repa_weight", type=float, default=0.0,
