@@ -457,7 +457,8 @@ def main() -> None:
     model.save_pretrained(final)
     HydraProcessor.from_pretrained(current).save_pretrained(final)
     recipe = {"stages": STAGES, "scale": args.scale, "scenes": args.num_scenes, "pretrain_scenes": args.num_pretrain_scenes,
-              "stage_ii_cycles": args.stage_ii_cycles, "generation_ratio": args.generation_ratio, "repa_weight": args.repa_weight, "ema_decay": args.ema_decay,
+              "stage_ii_cycles": args.stage_ii_cycles, "generation_ratio": args.generation_ratio,
+              "repa_weight": args.repa_weight, "ema_decay": args.ema_decay,
               "timestep_logit_mean": args.timestep_logit_mean, "timestep_logit_std": args.timestep_logit_std,
               "llm": llm_size, "latent_channels": args.latent_channels, "patch_size": args.patch_size,
               "flow_head_hidden_size": args.flow_head_hidden_size, "seed": TRAIN_SEED, "data_seed": args.data_seed,

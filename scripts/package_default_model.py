@@ -34,7 +34,7 @@ def eval_table(scores: dict) -> dict[str, float]:
 
 # training_recipe.json keys not named after their flag of examples/train_hydra_tiny_shapes.py, and those of no flag.
 RECIPE_FLAG_NAMES = {"scenes": "num_scenes", "pretrain_scenes": "num_pretrain_scenes"}
-RECIPE_NOT_FLAGS = ("stages", "seed", "llm")  # the step table, the fixed data seed, the LLM's size (two flags)
+RECIPE_NOT_FLAGS = ("stages", "seed", "llm")  # the step table, the fixed training seed, the LLM's size (two flags)
 
 
 def recipe_command(recipe: dict, work_dir: str = "DIR") -> str:
