@@ -1,0 +1,71 @@
+"""Average the weights of checkpoints of one architecture (a uniform "model soup", Wortsman et al. 2022).
+
+    python scripts/average_checkpoints.py OUT MODEL [MODEL ...]
+
+Meant for draws trained further from one start (e.g. several `--start_from` runs of
+examples/train_hydra_tiny_shapes.py), whose weights stay in one basin, so their mean is itself a model. OUT gets the
+first MODEL's configs and processor files, the elementwise mean of every `model.safetensors` (in float32, saved in the
+first model's dtypes), and `averaged_from.json` naming the ingredients; the first model's `training_recipe.json` is
+not copied, since it does not describe the mean. OUT must not exist, so nothing is overwritten.
+"""
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+WEIGHTS = "model.safetensors"
+NOT_COPIED = ("training_recipe.json", "training_args.bin", "trainer_state.json")
+
+
+def average_state_dicts(state_dicts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The elementwise mean; every state dict must hold the same tensor names and shapes."""
+    first = state_dicts[0]
+    for index, other in enumerate(state_dicts[1:], start=2):
+        if other.keys() != first.keys():
+            differing = sorted(other.keys() ^ first.keys())
+            raise ValueError(f"checkpoint {index} has other tensors than the first: {differing[:5]}")
+        for name, tensor in first.items():
+            if other[name].shape != tensor.shape:
+                raise ValueError(f"checkpoint {index}: {name} has shape {tuple(other[name].shape)}, "
+                                 f"expected {tuple(tensor.shape)} as in the first")
+    return {
+        name: (sum(sd[name].float() for sd in state_dicts) / len(state_dicts)).to(tensor.dtype)
+        for name, tensor in first.items()
+    }
+
+
+def average_checkpoints(out: Path, models: list[Path]) -> None:
+    if out.exists():
+        raise ValueError(f"{out} exists; pass a new folder")
+    if len(models) < 2:
+        raise ValueError(f"expected at least two checkpoints to average, got {len(models)}")
+    missing = [str(model) for model in models if not (model / WEIGHTS).is_file()]
+    if missing:
+        raise ValueError(f"expected a single {WEIGHTS} in each checkpoint folder; missing in {missing}")
+    averaged = average_state_dicts([load_file(model / WEIGHTS) for model in models])
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(models[0], staging, ignore=shutil.ignore_patterns(WEIGHTS, *NOT_COPIED))
+    save_file(averaged, staging / WEIGHTS, metadata={"format": "pt"})
+    (staging / "averaged_from.json").write_text(json.dumps([str(model) for model in models], indent=2) + "\n")
+    staging.rename(out)  # the folder appears whole or not at all
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path, help="new folder for the averaged checkpoint")
+    parser.add_argument("models", type=Path, nargs="+", help="checkpoint folders (save_pretrained) to average")
+    args = parser.parse_args()
+    try:
+        average_checkpoints(args.out, args.models)
+    except ValueError as error:
+        parser.error(str(error))
+    print(f"wrote the mean of {len(args.models)} checkpoints to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
