@@ -4,9 +4,10 @@
 
 Meant for draws trained further from one start (e.g. several `--start_from` runs of
 examples/train_hydra_tiny_shapes.py), whose weights stay in one basin, so their mean is itself a model. OUT gets the
-first MODEL's configs and processor files, the elementwise mean of every `model.safetensors` (in float32, saved in the
-first model's dtypes), and `averaged_from.json` naming the ingredients; the first model's `training_recipe.json` is
-not copied, since it does not describe the mean. OUT must not exist, so nothing is overwritten.
+first MODEL's configs and processor files (its top-level `*.json` and `*.jinja`), the elementwise mean of every
+`model.safetensors` (in float32, saved in the first model's dtypes), and `averaged_from.json` naming the ingredients.
+The first model's training recipe and model card are not copied, since they do not describe the mean. OUT must not
+exist, so nothing is overwritten.
 """
 
 import argparse
@@ -18,7 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 WEIGHTS = "model.safetensors"
-NOT_COPIED = ("training_recipe.json", "training_args.bin", "trainer_state.json")
+CONFIGS = ("*.json", "*.jinja")  # what `from_pretrained` reads besides the weights
+NOT_COPIED = ("training_recipe.json", "trainer_state.json")  # they describe the first model's training, not the mean
 
 
 def average_state_dicts(state_dicts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -49,7 +51,11 @@ def average_checkpoints(out: Path, models: list[Path]) -> None:
     averaged = average_state_dicts([load_file(model / WEIGHTS) for model in models])
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(models[0], staging, ignore=shutil.ignore_patterns(WEIGHTS, *NOT_COPIED))
+    staging.mkdir(parents=True)
+    for pattern in CONFIGS:
+        for path in models[0].glob(pattern):
+            if path.name not in NOT_COPIED:
+                shutil.copy2(path, staging / path.name)
     save_file(averaged, staging / WEIGHTS, metadata={"format": "pt"})
     (staging / "averaged_from.json").write_text(json.dumps([str(model) for model in models], indent=2) + "\n")
     staging.rename(out)  # the folder appears whole or not at all

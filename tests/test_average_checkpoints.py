@@ -23,6 +23,7 @@ def save_draw(folder: Path, seed: int) -> Path:
     tiny_hydra(seed=seed).save_pretrained(folder)
     tiny_processor().save_pretrained(folder)
     (folder / "training_recipe.json").write_text("{}")
+    (folder / "README.md").write_text("the card of one draw")
     return folder
 
 
@@ -38,7 +39,8 @@ def test_the_average_loads_as_the_mean_of_its_ingredients(tmp_path):
     assert any(not torch.equal(tensor, ingredients[1][name]) for name, tensor in ingredients[0].items())  # they differ
     assert json.loads((tmp_path / "soup" / "averaged_from.json").read_text()) == [str(draw) for draw in draws]
     assert (tmp_path / "soup" / "tokenizer.json").is_file()
-    assert not (tmp_path / "soup" / "training_recipe.json").exists()  # the first draw's recipe is not the soup's
+    # The first draw's recipe and card do not describe the soup.
+    assert not (tmp_path / "soup" / "training_recipe.json").exists() and not (tmp_path / "soup" / "README.md").exists()
 
 
 def test_averaging_refuses_other_architectures_and_an_existing_folder(tmp_path):
