@@ -5,9 +5,10 @@
 Meant for draws trained further from one start (e.g. several `--start_from` runs of
 examples/train_hydra_tiny_shapes.py), whose weights stay in one basin, so their mean is itself a model. OUT gets the
 first MODEL's configs and processor files (its top-level `*.json` and `*.jinja`), the elementwise mean of every
-`model.safetensors` (in float32, saved in the first model's dtypes), and `averaged_from.json` naming the ingredients.
-The first model's training recipe and model card are not copied, since they do not describe the mean. OUT must not
-exist, so nothing is overwritten.
+`model.safetensors` (in float32, saved in the first model's dtypes), and a `training_recipe.json` of its own: the
+ingredients' folders and recipes (`{"averaged_from": [...], "average_of": [...]}`, a recipe None where a folder has
+none), from which scripts/package_default_model.py writes the card's commands. The first model's recipe and model card
+are not copied, since they do not describe the mean. OUT must not exist, so nothing is overwritten.
 """
 
 import argparse
@@ -20,7 +21,8 @@ from safetensors.torch import load_file, save_file
 
 WEIGHTS = "model.safetensors"
 CONFIGS = ("*.json", "*.jinja")  # what `from_pretrained` reads besides the weights
-NOT_COPIED = ("training_recipe.json", "trainer_state.json")  # they describe the first model's training, not the mean
+RECIPE = "training_recipe.json"
+NOT_COPIED = (RECIPE, "trainer_state.json")  # they describe the first model's training, not the mean
 
 
 def average_state_dicts(state_dicts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -57,7 +59,9 @@ def average_checkpoints(out: Path, models: list[Path]) -> None:
             if path.name not in NOT_COPIED:
                 shutil.copy2(path, staging / path.name)
     save_file(averaged, staging / WEIGHTS, metadata={"format": "pt"})
-    (staging / "averaged_from.json").write_text(json.dumps([str(model) for model in models], indent=2) + "\n")
+    recipes = [json.loads((model / RECIPE).read_text()) if (model / RECIPE).is_file() else None for model in models]
+    recipe = {"averaged_from": [str(model) for model in models], "average_of": recipes}
+    (staging / RECIPE).write_text(json.dumps(recipe, indent=2) + "\n")
     staging.rename(out)  # the folder appears whole or not at all
 
 

@@ -38,26 +38,51 @@ RECIPE_NOT_FLAGS = ("stages", "seed", "llm")  # the step table, the fixed traini
 
 
 def recipe_command(recipe: dict, work_dir: str = "DIR") -> str:
-    """The recipe's command line with every flag its training_recipe.json records (older recipes record fewer; a
-    flag they lack took the script's default of that time). A recipe continued with `--start_from` gives the
-    start's command, then its own."""
-    start, start_dir = recipe.get("start_recipe"), f"{work_dir}_start"
-    flags = {RECIPE_FLAG_NAMES.get(key, key): value for key, value in recipe.items()
-             if key not in (*RECIPE_NOT_FLAGS, "start_from", "start_recipe")}
-    if "start_from" in recipe:
-        flags = {"start_from": f"{start_dir}/final", **flags}
-    else:
-        llm = recipe.get("llm", {})
-        flags.update(llm_hidden_size=llm.get("hidden_size"), llm_num_layers=llm.get("num_hidden_layers"))
-    given = " ".join(f"--{name} {value}" for name, value in flags.items() if value is not None)
-    command = f"python examples/train_hydra_tiny_shapes.py --work_dir {work_dir} {given}"
-    return f"{recipe_command(start, start_dir)} && {command}" if start else command
+    """The commands that rebuild the model of `recipe` into `work_dir`, each with every flag its training_recipe.json
+    records (older recipes record fewer; a flag they lack took the script's default of that time). A recipe continued
+    with `--start_from` gives the start's commands, then its own; an average (scripts/average_checkpoints.py) its
+    ingredients' commands, then the average's. A model that several of them start from is trained once."""
+    commands, trained = [], {}  # the recipe (as JSON) -> the work dir its model is trained in
+
+    def train(recipe: dict, work_dir: str) -> str:
+        key = json.dumps(recipe, sort_keys=True)
+        if key in trained:
+            return trained[key]
+        if "average_of" in recipe:
+            ingredients = [train(ingredient, f"{work_dir}_{index}") for index, ingredient in
+                           enumerate(recipe["average_of"], start=1)]
+            commands.append(f"python scripts/average_checkpoints.py {work_dir}/final "
+                            + " ".join(f"{ingredient}/final" for ingredient in ingredients))
+        else:
+            flags = {RECIPE_FLAG_NAMES.get(key, key): value for key, value in recipe.items()
+                     if key not in (*RECIPE_NOT_FLAGS, "start_from", "start_recipe")}
+            if "start_from" in recipe:
+                start = recipe["start_recipe"]
+                start_dir = train(start, f"{work_dir}_start") if start else f"{work_dir}_start"  # none: a bare start
+                flags = {"start_from": f"{start_dir}/final", **flags}
+            else:
+                llm = recipe.get("llm", {})
+                flags.update(llm_hidden_size=llm.get("hidden_size"), llm_num_layers=llm.get("num_hidden_layers"))
+            given = " ".join(f"--{name} {value}" for name, value in flags.items() if value is not None)
+            commands.append(f"python examples/train_hydra_tiny_shapes.py --work_dir {work_dir} {given}")
+        trained[key] = work_dir
+        return work_dir
+
+    train(recipe, work_dir)
+    return " && ".join(commands)
+
+
+def last_trained(recipe: dict) -> list[dict]:
+    """The recipes whose training made the model last: the recipe itself, or each ingredient of an average."""
+    return [item for ingredient in recipe["average_of"] for item in last_trained(ingredient)] \
+        if "average_of" in recipe else [recipe]
 
 
 def first_recipe(recipe: dict) -> dict:
-    """The recipe that trained the model's first stages, through any `--start_from` continuations."""
-    while recipe.get("start_recipe"):
-        recipe = recipe["start_recipe"]
+    """The recipe that trained the model's first stages, through any `--start_from` continuations and averages
+    (the first ingredient's)."""
+    while recipe.get("start_recipe") or recipe.get("average_of"):
+        recipe = recipe["start_recipe"] if recipe.get("start_recipe") else recipe["average_of"][0]
     return recipe
 
 
@@ -85,6 +110,10 @@ def main() -> None:
     if args.model.resolve() == ASSET.resolve():
         parser.error(f"{args.model} is the installed model itself, which installing would delete first; copy it elsewhere")
     scores = json.loads(args.scores.read_text())
+    recipe = json.loads((args.model / "training_recipe.json").read_text())
+    if None in recipe.get("average_of", ()):
+        parser.error("the card's command needs the training_recipe.json of every checkpoint the model averages")
+    first, last = first_recipe(recipe), last_trained(recipe)
     if ASSET.exists():
         shutil.rmtree(ASSET)
     ASSET.mkdir(parents=True)
@@ -92,11 +121,11 @@ def main() -> None:
         for file in args.model.glob(pattern):
             if file.name not in SKIP:
                 shutil.copy2(file, ASSET / file.name)
-    recipe = json.loads((args.model / "training_recipe.json").read_text())
-    first = first_recipe(recipe)
     sampling = install_generation_defaults(scores["settings"])
-    first_scenes, last_scenes = first.get("data_seed", 0), recipe.get("data_seed", 0)  # older recipes: always seed 0
-    scene_seeds = f"{first_scenes}" if first_scenes == last_scenes else f"{first_scenes}, the continuation's {last_scenes}"
+    first_scenes = first.get("data_seed", 0)  # older recipes: always seed 0
+    last_scenes = ", ".join(sorted({str(item.get("data_seed", 0)) for item in last}))
+    scene_seeds = f"{first_scenes}" if last_scenes == str(first_scenes) else f"{first_scenes}, the continuation's {last_scenes}"
+    unified_seeds = ", ".join(str(item.get("unified_seed", first["seed"])) for item in last)
     card = model_card(
         model_name="hydra-tiny-shapes",
         datasets=["synthetic shapes world (hydra_hf.data.shapes)"],
@@ -113,11 +142,11 @@ def main() -> None:
             "recipe": "examples/train_hydra_tiny_shapes.py (semantic ViT, word tokenizer, LLM, HYDRA-TOK 1-2, unified I-III)",
             "command": f"`{recipe_command(recipe)}`",
             **({"provenance": args.provenance} if args.provenance else {}),
-            "steps, batch, learning rate per stage": json.dumps(recipe["stages"]),
-            "training scenes": f"{recipe['scenes']} for the unified stages, the first {first.get('pretrain_scenes', first['scenes'])} "
+            "steps, batch, learning rate per stage": json.dumps(last[0]["stages"]),
+            "training scenes": f"{last[0]['scenes']} for the unified stages, the first {first.get('pretrain_scenes', first['scenes'])} "
             "of them for the pretraining and tokenizer stages",
             "seeds": f"first stages {first['seed']}, LLM pretraining {first.get('llm_seed', first['seed'])}, unified "
-            f"stages {recipe.get('unified_seed', first['seed'])}; training scenes {scene_seeds}",
+            f"stages {unified_seeds}{' (the averaged draws)' if len(last) > 1 else ''}; training scenes {scene_seeds}",
             "evaluation": f"{scores['num_scenes']} held-out scenes (seed {scores['seed']}), `hydra-hf eval shapes`, "
             f"{scores['settings']}",
         },

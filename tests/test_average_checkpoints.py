@@ -22,7 +22,7 @@ def load_averager():
 def save_draw(folder: Path, seed: int) -> Path:
     tiny_hydra(seed=seed).save_pretrained(folder)
     tiny_processor().save_pretrained(folder)
-    (folder / "training_recipe.json").write_text("{}")
+    (folder / "training_recipe.json").write_text(json.dumps({"seed": seed}))
     (folder / "README.md").write_text("the card of one draw")
     return folder
 
@@ -37,10 +37,10 @@ def test_the_average_loads_as_the_mean_of_its_ingredients(tmp_path):
     for name, tensor in soup.state_dict().items():
         torch.testing.assert_close(tensor, sum(sd[name] for sd in ingredients) / 3, msg=name)
     assert any(not torch.equal(tensor, ingredients[1][name]) for name, tensor in ingredients[0].items())  # they differ
-    assert json.loads((tmp_path / "soup" / "averaged_from.json").read_text()) == [str(draw) for draw in draws]
+    recipe = json.loads((tmp_path / "soup" / "training_recipe.json").read_text())  # the soup's own, naming its draws
+    assert recipe == {"averaged_from": [str(draw) for draw in draws], "average_of": [{"seed": seed} for seed in (0, 1, 2)]}
     assert (tmp_path / "soup" / "tokenizer.json").is_file()
-    # The first draw's recipe and card do not describe the soup.
-    assert not (tmp_path / "soup" / "training_recipe.json").exists() and not (tmp_path / "soup" / "README.md").exists()
+    assert not (tmp_path / "soup" / "README.md").exists()  # the first draw's card does not describe the soup
 
 
 def test_averaging_refuses_other_architectures_and_an_existing_folder(tmp_path):

@@ -51,6 +51,22 @@ def test_a_continued_recipe_gives_its_start_command_then_its_own():
     assert packager.recipe_command({**continued, "start_recipe": None}) == then  # a start without a recipe of its own
 
 
+def test_an_averaged_recipe_trains_each_shared_start_once_then_averages():
+    packager = load_packager()
+    start = json.loads((packager.ASSET / "training_recipe.json").read_text())
+    third = {"start_from": "outputs/shipped/final", "start_recipe": start, "stages": start["stages"], "scenes": 40000,
+             "stage_ii_cycles": 1, "generation_ratio": 0.8, "unified_seed": 2}
+    fourth = {**third, "start_from": "outputs/third/final", "start_recipe": third, "unified_seed": 3}
+    soup = {"averaged_from": ["outputs/third/final", "outputs/fourth/final"], "average_of": [third, fourth]}
+    commands = packager.recipe_command(soup).split(" && ")
+    assert commands[0] == packager.recipe_command(start, "DIR_1_start")  # the shared start, trained once
+    assert commands[1].startswith("python examples/train_hydra_tiny_shapes.py --work_dir DIR_1 --start_from DIR_1_start/final ")
+    assert commands[2].startswith("python examples/train_hydra_tiny_shapes.py --work_dir DIR_2 --start_from DIR_1/final ")
+    assert commands[3] == "python scripts/average_checkpoints.py DIR/final DIR_1/final DIR_2/final"
+    assert len(commands) == 4 and "--unified_seed 3" in commands[2]
+    assert packager.first_recipe(soup) is start and packager.last_trained(soup) == [third, fourth]
+
+
 def test_card_table_carries_the_well_drawn_score_when_the_scores_have_it():
     packager = load_packager()
     scores = {"reconstruction_psnr": 31.664, "generation": {"overall": 0.2914}, "vqa_accuracy": 0.74}
