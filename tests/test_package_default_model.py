@@ -15,9 +15,14 @@ def load_packager():
     return module
 
 
+def plain_recipe(packager) -> dict:
+    """A recipe without continuations or averages: the one that trained the shipped model's first stages."""
+    return packager.first_recipe(json.loads((packager.ASSET / "training_recipe.json").read_text()))
+
+
 def test_recipe_command_names_only_flags_the_training_script_has():
     packager = load_packager()
-    recipe = json.loads((packager.ASSET / "training_recipe.json").read_text())
+    recipe = plain_recipe(packager)
     # The shipped recipe predates some flags; add what today's script records.
     recipe.update(llm={"hidden_size": 128, "num_hidden_layers": 4}, unified_seed=2, latent_channels=16,
                   timestep_logit_std=1.6)
@@ -38,7 +43,7 @@ def training_script_flags() -> set[str]:
 
 def test_a_continued_recipe_gives_its_start_command_then_its_own():
     packager = load_packager()
-    start = json.loads((packager.ASSET / "training_recipe.json").read_text())
+    start = plain_recipe(packager)
     continued = {"start_from": "outputs/x/final", "start_recipe": start, "stages": start["stages"], "scale": 1.0,
                  "scenes": 40000, "stage_ii_cycles": 1, "generation_ratio": 0.8, "ema_decay": None, "seed": 0,
                  "data_seed": 1, "unified_seed": 2}
@@ -53,7 +58,7 @@ def test_a_continued_recipe_gives_its_start_command_then_its_own():
 
 def test_an_averaged_recipe_trains_each_shared_start_once_then_averages():
     packager = load_packager()
-    start = json.loads((packager.ASSET / "training_recipe.json").read_text())
+    start = plain_recipe(packager)
     third = {"start_from": "outputs/shipped/final", "start_recipe": start, "stages": start["stages"], "scenes": 40000,
              "stage_ii_cycles": 1, "generation_ratio": 0.8, "unified_seed": 2}
     fourth = {**third, "start_from": "outputs/third/final", "start_recipe": third, "unified_seed": 3}
