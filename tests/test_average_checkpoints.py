@@ -1,4 +1,3 @@
-import importlib.util
 import json
 from pathlib import Path
 
@@ -7,16 +6,11 @@ import torch
 
 from hydra_hf import HydraForConditionalGeneration
 
-from .utils import tiny_hydra, tiny_processor
-
-ROOT = Path(__file__).resolve().parents[1]
+from .utils import load_script, tiny_hydra, tiny_processor
 
 
 def load_averager():
-    spec = importlib.util.spec_from_file_location("average_checkpoints", ROOT / "scripts" / "average_checkpoints.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/average_checkpoints.py")
 
 
 def save_draw(folder: Path, seed: int) -> Path:

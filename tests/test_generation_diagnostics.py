@@ -1,22 +1,15 @@
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from .utils import save_tiny_hydra
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "generation_diagnostics.py"
+from .utils import load_script, save_tiny_hydra
 
 
 @pytest.fixture(scope="module")
 def diagnostics():
-    spec = importlib.util.spec_from_file_location("generation_diagnostics", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/generation_diagnostics.py")
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,8 @@
 """LoRA with peft: the default config's scope, adapter size, merge equivalence, loading into models and pipelines,
 training through HydraTrainer, and the fine-tuning example."""
 
-import importlib.util
 import json
 import re
-from pathlib import Path
 
 import PIL.Image
 import pytest
@@ -25,9 +23,8 @@ from hydra_hf.lora import (
 )
 from hydra_hf.training import HydraCollator, HydraTrainer
 
-from .utils import flat_shape_image, tiny_hydra, tiny_processor
+from .utils import flat_shape_image, load_script, tiny_hydra, tiny_processor
 
-ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "a red square"
 LLM_PROJECTION = re.compile(r"model\.language_model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)")
 
@@ -301,9 +298,7 @@ def test_finetune_lora_example_writes_an_adapter_with_its_card(tmp_path):
     tiny_hydra().save_pretrained(model_dir)
     tiny_processor().save_pretrained(model_dir)
     make_shapes_dataset(4, seed=3, featured_color="pink").save_to_disk(str(data_dir))
-    spec = importlib.util.spec_from_file_location("finetune_lora", ROOT / "examples" / "finetune_lora.py")
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_script("examples/finetune_lora.py")
     example.main(
         [
             "--model_name_or_path",

@@ -1,18 +1,13 @@
-import importlib.util
 import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from .utils import ROOT, load_script
 
 
 def load_packager():
-    spec = importlib.util.spec_from_file_location("package_default_model", ROOT / "scripts" / "package_default_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/package_default_model.py")
 
 
 def plain_recipe(packager) -> dict:

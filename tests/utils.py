@@ -1,11 +1,15 @@
 """Tiny models, processors and data shared by the tests (all offline, all seeded)."""
 
 import functools
+import importlib.util
+from pathlib import Path
 
 import torch
 
 from hydra_hf import HydraConfig, HydraForConditionalGeneration, HydraImageProcessor, HydraProcessor
 from hydra_hf.data.text_tokenizer import train_word_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
 
 COLOURS = ("red", "green", "blue", "yellow")
 SHAPES = ("square", "circle")
@@ -75,3 +79,12 @@ def flat_shape_image(colour_rgb: tuple[int, int, int], shape: str, size: int = 3
         mask = (rows - centre) ** 2 + (cols - centre) ** 2 <= radius**2
     image[:, mask] = torch.tensor(colour_rgb, dtype=torch.float32)[:, None] / 127.5 - 1
     return image
+
+
+def load_script(relative_path: str):
+    """A script of the repository (scripts/, examples/), which is not an importable package, as a module."""
+    path = ROOT / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
