@@ -42,30 +42,30 @@ def recipe_command(recipe: dict, work_dir: str = "DIR") -> str:
     records (older recipes record fewer; a flag they lack took the script's default of that time). A recipe continued
     with `--start_from` gives the start's commands, then its own; an average (scripts/average_checkpoints.py) its
     ingredients' commands, then the average's. A model that several of them start from is trained once."""
-    commands, trained = [], {}  # the recipe (as JSON) -> the work dir its model is trained in
+    commands, trained = [], {}  # a recipe (as JSON) -> the work dir its model is trained in
 
-    def train(recipe: dict, work_dir: str) -> str:
-        key = json.dumps(recipe, sort_keys=True)
-        if key in trained:
-            return trained[key]
-        if "average_of" in recipe:
-            ingredients = [train(ingredient, f"{work_dir}_{index}") for index, ingredient in
-                           enumerate(recipe["average_of"], start=1)]
+    def train(step: dict, work_dir: str) -> str:
+        signature = json.dumps(step, sort_keys=True)
+        if signature in trained:
+            return trained[signature]
+        if "average_of" in step:
+            ingredients = [train(ingredient, f"{work_dir}_{index}") if ingredient else f"{work_dir}_{index}"
+                           for index, ingredient in enumerate(step["average_of"], start=1)]  # none: a bare folder
             commands.append(f"python scripts/average_checkpoints.py {work_dir}/final "
                             + " ".join(f"{ingredient}/final" for ingredient in ingredients))
         else:
-            flags = {RECIPE_FLAG_NAMES.get(key, key): value for key, value in recipe.items()
+            flags = {RECIPE_FLAG_NAMES.get(key, key): value for key, value in step.items()
                      if key not in (*RECIPE_NOT_FLAGS, "start_from", "start_recipe")}
-            if "start_from" in recipe:
-                start = recipe["start_recipe"]
+            if "start_from" in step:
+                start = step["start_recipe"]
                 start_dir = train(start, f"{work_dir}_start") if start else f"{work_dir}_start"  # none: a bare start
                 flags = {"start_from": f"{start_dir}/final", **flags}
             else:
-                llm = recipe.get("llm", {})
+                llm = step.get("llm", {})
                 flags.update(llm_hidden_size=llm.get("hidden_size"), llm_num_layers=llm.get("num_hidden_layers"))
             given = " ".join(f"--{name} {value}" for name, value in flags.items() if value is not None)
             commands.append(f"python examples/train_hydra_tiny_shapes.py --work_dir {work_dir} {given}")
-        trained[key] = work_dir
+        trained[signature] = work_dir
         return work_dir
 
     train(recipe, work_dir)

@@ -65,6 +65,8 @@ def test_an_averaged_recipe_trains_each_shared_start_once_then_averages():
     assert commands[3] == "python scripts/average_checkpoints.py DIR/final DIR_1/final DIR_2/final"
     assert len(commands) == 4 and "--unified_seed 3" in commands[2]
     assert packager.first_recipe(soup) is start and packager.last_trained(soup) == [third, fourth]
+    with_bare_folder = packager.recipe_command({**soup, "average_of": [third, None]}).split(" && ")  # no recipe there
+    assert with_bare_folder[2:] == ["python scripts/average_checkpoints.py DIR/final DIR_1/final DIR_2/final"]
 
 
 def test_card_table_carries_the_well_drawn_score_when_the_scores_have_it():
