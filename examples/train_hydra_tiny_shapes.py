@@ -340,8 +340,8 @@ def main() -> None:
     parser.add_argument(
         "--generation_ratio", type=float, default=0.5,
         help="share of stage II rows that are text-to-image examples, the rest understanding (stage I keeps 0.5, "
-             "stage III 0.3; 0.8 in a third cycle on the shipped model: development GenEval-style 0.373 against 0.342 "
-             "at 0.5, held-out 0.403 with VQA 0.830: twenty-first round)",
+             "stage III 0.3; a third cycle on the two-cycle model at 0.8: held-out GenEval-style 0.403 and 0.325 for "
+             "two seeds, against 0.343 at 0.5: twenty-first and twenty-second rounds)",
     )
     parser.add_argument(
         "--data_seed", type=int, default=TRAIN_SEED,

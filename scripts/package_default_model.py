@@ -74,8 +74,9 @@ def recipe_command(recipe: dict, work_dir: str = "DIR") -> str:
 
 def last_trained(recipe: dict) -> list[dict]:
     """The recipes whose training made the model last: the recipe itself, or each ingredient of an average."""
-    return [item for ingredient in recipe["average_of"] for item in last_trained(ingredient)] \
-        if "average_of" in recipe else [recipe]
+    if "average_of" not in recipe:
+        return [recipe]
+    return [item for ingredient in recipe["average_of"] for item in last_trained(ingredient)]
 
 
 def first_recipe(recipe: dict) -> dict:
