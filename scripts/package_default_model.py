@@ -21,6 +21,7 @@ from hydra_hf.hub import model_card
 ASSET = Path(__file__).resolve().parents[1] / "src" / "hydra_hf" / "assets" / "hydra-tiny-shapes"
 KEEP = ("*.safetensors", "*.json", "*.jinja")
 SKIP = ("training_args.bin", "trainer_state.json")
+CARD_SCORES = ("settings", "num_scenes", "seed", "reconstruction_psnr", "generation", "vqa_accuracy")
 
 
 def eval_table(scores: dict) -> dict[str, float]:
@@ -49,8 +50,8 @@ def recipe_command(recipe: dict, work_dir: str = "DIR") -> str:
         if signature in trained:
             return trained[signature]
         if "average_of" in step:
-            ingredients = [train(ingredient, f"{work_dir}_{index}") if ingredient else f"{work_dir}_{index}"
-                           for index, ingredient in enumerate(step["average_of"], start=1)]  # none: a bare folder
+            ingredients = [train(ingredient, f"{work_dir}_{index}")
+                           for index, ingredient in enumerate(step["average_of"], start=1)]
             commands.append(f"python scripts/average_checkpoints.py {work_dir}/final "
                             + " ".join(f"{ingredient}/final" for ingredient in ingredients))
         else:
@@ -79,6 +80,13 @@ def last_trained(recipe: dict) -> list[dict]:
     return [item for ingredient in recipe["average_of"] for item in last_trained(ingredient)]
 
 
+def averages_lacking_recipes(recipe: dict) -> bool:
+    """Whether an average anywhere in the model's history has an ingredient without a training_recipe.json: the
+    card's command cannot rebuild that ingredient, nor can its seeds be named."""
+    nested = [*recipe.get("average_of", ()), recipe.get("start_recipe")]
+    return None in recipe.get("average_of", ()) or any(averages_lacking_recipes(step) for step in nested if step)
+
+
 def first_recipe(recipe: dict) -> dict:
     """The recipe that trained the model's first stages, through any `--start_from` continuations and averages
     (the first ingredient's)."""
@@ -87,17 +95,17 @@ def first_recipe(recipe: dict) -> dict:
     return recipe
 
 
-def install_generation_defaults(settings: dict) -> dict:
+def install_generation_defaults(folder: Path, settings: dict) -> dict:
     """Write the guidance of the scored run into the installed generation config, so that the pipeline, `hydra-hf`
     and the card's figures agree without anyone passing it; and turn the KV cache back on for `generate` in
     checkpoints saved before `HydraForConditionalGeneration` kept it on itself (`Trainer` had switched it off in the
     model config, `TrainingArguments.use_cache` being False, from which their generation config was derived)."""
     defaults = {name: value for name, value in settings.items() if name != "steps"}  # the guidance of the run
-    config = GenerationConfig.from_pretrained(ASSET)
+    config = GenerationConfig.from_pretrained(folder)
     config.use_cache = True
     config.text_to_image = defaults
     config._from_model_config = False  # otherwise the extra attribute is dropped on load
-    config.save_pretrained(ASSET)
+    config.save_pretrained(folder)
     return defaults
 
 
@@ -112,17 +120,21 @@ def main() -> None:
         parser.error(f"{args.model} is the installed model itself, which installing would delete first; copy it elsewhere")
     scores = json.loads(args.scores.read_text())
     recipe = json.loads((args.model / "training_recipe.json").read_text())
-    if None in recipe.get("average_of", ()):
+    if averages_lacking_recipes(recipe):
         parser.error("the card's command needs the training_recipe.json of every checkpoint the model averages")
+    missing = [name for name in CARD_SCORES if scores.get(name) is None]
+    if missing:
+        parser.error(f"{args.scores} lacks {', '.join(missing)}: the card needs a full `hydra-hf eval shapes` run "
+                     "(not --parts)")
     first, last = first_recipe(recipe), last_trained(recipe)
-    if ASSET.exists():
-        shutil.rmtree(ASSET)
-    ASSET.mkdir(parents=True)
+    staging = ASSET.with_name(ASSET.name + ".partial")  # the installed model is replaced only once this is whole
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
     for pattern in KEEP:
         for file in args.model.glob(pattern):
             if file.name not in SKIP:
-                shutil.copy2(file, ASSET / file.name)
-    sampling = install_generation_defaults(scores["settings"])
+                shutil.copy2(file, staging / file.name)
+    sampling = install_generation_defaults(staging, scores["settings"])
     first_scenes = first.get("data_seed", 0)  # older recipes: always seed 0
     last_scenes = ", ".join(sorted({str(item.get("data_seed", 0)) for item in last}))
     scene_seeds = f"{first_scenes}" if last_scenes == str(first_scenes) else f"{first_scenes}, the continuation's {last_scenes}"
@@ -157,7 +169,10 @@ def main() -> None:
         prompt="a red circle to the left of a blue square",
         question="how many circles are there?",
     )
-    card.save(ASSET / "README.md")
+    card.save(staging / "README.md")
+    if ASSET.exists():
+        shutil.rmtree(ASSET)
+    staging.rename(ASSET)
     size = sum(f.stat().st_size for f in ASSET.iterdir())
     print(f"installed {ASSET} ({size / 1e6:.1f} MB)")
 

@@ -65,8 +65,40 @@ def test_an_averaged_recipe_trains_each_shared_start_once_then_averages():
     assert commands[3] == "python scripts/average_checkpoints.py DIR/final DIR_1/final DIR_2/final"
     assert len(commands) == 4 and "--unified_seed 3" in commands[2]
     assert packager.first_recipe(soup) is start and packager.last_trained(soup) == [third, fourth]
-    with_bare_folder = packager.recipe_command({**soup, "average_of": [third, None]}).split(" && ")  # no recipe there
-    assert with_bare_folder[2:] == ["python scripts/average_checkpoints.py DIR/final DIR_1/final DIR_2/final"]
+
+
+def test_installing_refuses_an_average_with_an_ingredient_lacking_its_recipe_at_any_depth(tmp_path):
+    packager = load_packager()
+    start = plain_recipe(packager)
+    inner = {"averaged_from": ["a/final", "b/final"], "average_of": [start, None]}  # b had no training_recipe.json
+    continued = {"start_from": "soup/final", "start_recipe": inner, "stages": start["stages"], "unified_seed": 5}
+    assert not packager.averages_lacking_recipes({"average_of": [start, start]})
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "training_recipe.json").write_text(json.dumps({"average_of": [start, continued]}))
+    result = install_expecting_refusal(packager, model, tmp_path, scores={})
+    assert result.returncode == 2 and "needs the training_recipe.json of every checkpoint" in result.stderr
+
+
+def test_installing_refuses_scores_of_a_partial_evaluation(tmp_path):
+    packager = load_packager()
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "training_recipe.json").write_text(json.dumps(plain_recipe(packager)))
+    development_scores = {"num_scenes": 480, "seed": 777, "settings": {"steps": 30}, "reconstruction_psnr": None,
+                          "generation": {"overall": 0.3}, "vqa_accuracy": None}  # `--parts generation`
+    result = install_expecting_refusal(packager, model, tmp_path, development_scores)
+    assert result.returncode == 2 and "lacks reconstruction_psnr, vqa_accuracy" in result.stderr
+
+
+def install_expecting_refusal(packager, model, tmp_path, scores: dict) -> subprocess.CompletedProcess:
+    """Run the packager on `model` with `scores`, expecting a refusal: the shipped model must be left as it was."""
+    (tmp_path / "scores.json").write_text(json.dumps(scores))
+    installed = {path.name: path.stat().st_mtime_ns for path in packager.ASSET.iterdir()}
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "package_default_model.py"), str(model),
+                             "--scores", str(tmp_path / "scores.json")], capture_output=True, text=True)
+    assert {path.name: path.stat().st_mtime_ns for path in packager.ASSET.iterdir()} == installed
+    return result
 
 
 def test_card_table_carries_the_well_drawn_score_when_the_scores_have_it():
