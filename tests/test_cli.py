@@ -61,10 +61,10 @@ def test_eval_shapes_reports_every_part(model_dir, tmp_path, capsys):
     assert 0 <= scores["vqa_accuracy"] <= 1 and scores["reconstruction_psnr"] > 0
     assert set(scores["generation"]) >= {"single_object", "two_objects", "counting", "colors", "position", "overall"}
     assert scores["specks_per_image"] >= 0
-    assert 0 <= scores["well_drawn_overall"] <= 1
+    assert 0 <= scores["well_drawn_overall"] <= 1 and 0 <= scores["generation_standard_error"] <= 0.5
     printed = capsys.readouterr().out
     assert "tokenizer reconstruction PSNR" in printed and "Specks per generated image" in printed
-    assert "Overall counting only well-drawn shapes" in printed
+    assert "Overall counting only well-drawn shapes" in printed and "Standard error of the overall" in printed
 
 
 def test_guidance_flags_reach_the_pipeline_and_the_eval_records_what_it_used(model_dir, tmp_path, monkeypatch):

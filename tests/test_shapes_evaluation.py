@@ -26,6 +26,7 @@ from hydra_hf.evaluation import (
     count_specks,
     detect_objects,
     format_scores_table,
+    overall_standard_error,
     psnr,
     score_generation,
     spec_satisfied,
@@ -127,6 +128,22 @@ def test_generation_score_is_perfect_on_reference_scenes():
     assert score_generation([render_scene(scene) for scene in scenes], [spec.to_dict() for spec in specs]) == scores
     assert score_generation([render_scene(scene) for scene in scenes], specs, min_fit=WELL_DRAWN_MIN_FIT) == scores
     assert min(d.fit for scene in scenes for d in detect_objects(render_scene(scene))) > 0.85
+
+
+def test_overall_standard_error_matches_the_spread_of_the_overall_over_prompt_draws():
+    specs = generation_prompts(480, seed=777)
+    true_scores = dict(zip(GENERATION_CATEGORIES, (0.7, 0.45, 0.1, 0.7, 0.15, 0.2)))
+    rng = np.random.default_rng(0)
+    overalls = []
+    for _ in range(2000):  # a model that satisfies each prompt of a category with that category's probability
+        outcomes = {category: [] for category in GENERATION_CATEGORIES}
+        for spec in specs:
+            outcomes[spec.category].append(rng.random() < true_scores[spec.category])
+        overalls.append(np.mean([np.mean(values) for values in outcomes.values()]))
+    predicted = overall_standard_error(true_scores, specs)
+    assert abs(predicted - np.std(overalls)) < 0.1 * predicted
+    assert overall_standard_error(true_scores, [spec.to_dict() for spec in specs]) == predicted
+    assert overall_standard_error(dict.fromkeys(GENERATION_CATEGORIES, 1.0), specs) == 0.0
 
 
 def test_a_ragged_blob_counts_as_its_best_fitting_shape_only_until_fit_is_required():

@@ -10,6 +10,7 @@ pixels take the palette colour (held-out colours included) that best explains th
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ __all__ = [
     "detect_objects",
     "drawn_mask",
     "format_scores_table",
+    "overall_standard_error",
     "psnr",
     "score_generation",
     "spec_satisfied",
@@ -262,6 +264,15 @@ def score_generation(
     }
     scores["overall"] = sum(scores.values()) / len(scores) if scores else math.nan
     return scores
+
+
+def overall_standard_error(scores: Mapping[str, float], prompt_specs: Sequence[PromptSpec | Mapping[str, Any]]) -> float:
+    """The standard error of `score_generation`'s "overall" over the draw of prompts and noise: each category's score
+    is a proportion over its prompts and the overall their mean. Two models scored on different prompt sets differ by
+    noise alone about sqrt(2) times this; on the same prompts and seeds, less."""
+    counts = Counter(spec.category if isinstance(spec, PromptSpec) else spec["category"] for spec in prompt_specs)
+    variance = sum(scores[category] * (1 - scores[category]) / count for category, count in counts.items())
+    return math.sqrt(variance) / len(counts)
 
 
 def format_scores_table(scores: Mapping[str, float]) -> str:

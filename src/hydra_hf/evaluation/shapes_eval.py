@@ -16,6 +16,7 @@ from .shapes import (
     WELL_DRAWN_MIN_FIT,
     count_specks,
     format_scores_table,
+    overall_standard_error,
     psnr,
     score_generation,
     vqa_accuracy,
@@ -41,6 +42,7 @@ class ShapesEvaluation:
     settings: dict
     reconstruction_psnr: float | None = None
     generation: dict[str, float] = field(default_factory=dict)
+    generation_standard_error: float | None = None
     well_drawn_overall: float | None = None
     specks_per_image: float | None = None
     vqa_accuracy: float | None = None
@@ -60,6 +62,7 @@ class ShapesEvaluation:
             lines += [f"| VQA accuracy: {kind} | {value:.3f} |" for kind, value in self.vqa_by_type.items()]
         if self.generation:
             lines += ["", "GenEval-style generation scores:", "", format_scores_table(self.generation)]
+            lines += ["", f"Standard error of the overall over the draw of prompts: {self.generation_standard_error:.4f}"]
             lines += ["", f"Overall counting only well-drawn shapes (fit >= {WELL_DRAWN_MIN_FIT}, which every rendered "
                       f"object passes): {self.well_drawn_overall:.4f}"]
             lines += ["", f"Specks per generated image (blobs under {SPECK_MAX_PIXELS} px, which the scores ignore): {self.specks_per_image:.2f}"]
@@ -151,6 +154,7 @@ def evaluate_shapes(
     if "generation" in parts:
         generated = generate_for_specs(pipe, specs, num_inference_steps, batch_size=batch_size, seed=seed, **sampling)
         result.generation = score_generation(generated, specs)
+        result.generation_standard_error = overall_standard_error(result.generation, specs)
         result.well_drawn_overall = score_generation(generated, specs, WELL_DRAWN_MIN_FIT)["overall"]
         result.specks_per_image = float(np.mean([count_specks(image) for image in generated]))
     if "editing" in parts:
