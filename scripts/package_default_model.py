@@ -29,6 +29,8 @@ def eval_table(scores: dict) -> dict[str, float]:
     table.update({f"GenEval-style {name}": round(value, 3) for name, value in scores["generation"].items()})
     if scores.get("well_drawn_overall") is not None:  # scores from before it was measured lack it
         table[f"GenEval-style overall, well-drawn shapes only (fit >= {WELL_DRAWN_MIN_FIT})"] = round(scores["well_drawn_overall"], 3)
+    if scores.get("generation_standard_error") is not None:  # likewise
+        table["GenEval-style overall, standard error over the prompts"] = round(scores["generation_standard_error"], 3)
     table["VQA accuracy"] = round(scores["vqa_accuracy"], 3)
     return table
 
