@@ -20,7 +20,7 @@ from hydra_hf.hub import model_card
 
 ASSET = Path(__file__).resolve().parents[1] / "src" / "hydra_hf" / "assets" / "hydra-tiny-shapes"
 KEEP = ("*.safetensors", "*.json", "*.jinja")
-SKIP = ("training_args.bin", "trainer_state.json")
+SKIP = ("trainer_state.json",)  # a checkpoint's, not the model's
 CARD_SCORES = ("settings", "num_scenes", "seed", "reconstruction_psnr", "generation", "vqa_accuracy")
 
 
