@@ -205,6 +205,19 @@ def test_batches_are_padded_on_the_left(processor, tokenizer):
     assert right.input_ids[1].tolist() == short + [tokenizer.pad_token_id] * 2
 
 
+
+def test_left_padding_survives_a_tokenizer_saved_after_right_padding(tmp_path, tokenizer):
+    # Training pads on the right; the fast tokenizer keeps the last call's padding in the tokenizer.json that the
+    # Trainer then saves, and a reloaded tokenizer defaults to it. Batched generation must still pad on the left.
+    processor = HydraProcessor(HydraImageProcessor(patch_size=8), tokenizer)
+    processor(text=["a red circle", "yes"], padding_side="right")
+    processor.save_pretrained(tmp_path)
+    reloaded = HydraProcessor.from_pretrained(tmp_path)
+    assert reloaded.tokenizer.padding_side == "right"  # what the saved file says, for a plain tokenizer call
+    inputs = reloaded(text=["a red circle", "yes"])
+    assert inputs.attention_mask[1].tolist() == [0, 0, 1]
+    assert reloaded(text=["a red circle", "yes"], padding_side="right").attention_mask[1].tolist() == [1, 0, 0]
+
 def test_special_tokens_come_from_the_tokenizer(processor, tokenizer):
     assert (processor.image_token, processor.boi_token, processor.eoi_token) == (
         "<image>",

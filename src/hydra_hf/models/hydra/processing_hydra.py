@@ -121,6 +121,9 @@ class HydraProcessor(ProcessorMixin):
         """
         if text is None and images is None:
             raise ValueError("HydraProcessor needs `text`, `images` or both.")
+        # Generation needs the left padding of `text_kwargs`, but a tokenizer's own default would override it: a
+        # fast tokenizer keeps the padding of its last call in the tokenizer.json it saves (training pads right).
+        kwargs.setdefault("padding_side", "left")
         output_kwargs = self._merge_kwargs(
             HydraProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs
         )
