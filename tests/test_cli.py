@@ -18,7 +18,8 @@ def model_dir(tmp_path_factory):
 
 
 def test_every_command_has_help(capsys):
-    for command in (["--help"], ["demo", "--help"], ["generate", "--help"], ["chat", "--help"], ["eval", "shapes", "--help"]):
+    for command in (["--help"], ["demo", "--help"], ["generate", "--help"], ["chat", "--help"], ["eval", "shapes", "--help"],
+                    ["eval", "compare", "--help"]):
         with pytest.raises(SystemExit) as exit_info:
             cli.main(command)
         assert exit_info.value.code == 0
@@ -66,6 +67,28 @@ def test_eval_shapes_reports_every_part(model_dir, tmp_path, capsys):
     assert "tokenizer reconstruction PSNR" in printed and "Specks per generated image" in printed
     assert "Overall counting only well-drawn shapes" in printed and "Standard error of the overall" in printed
 
+
+
+def test_compare_pairs_two_evaluations_of_the_same_prompts(model_dir, tmp_path, capsys):
+    first = tmp_path / "a.json"
+    cli.main(["eval", "shapes", "--model", str(model_dir), "--num-scenes", "12", "--steps", "2", "--parts", "generation",
+              "--json", str(first)])
+    scores = json.loads(first.read_text())
+    outcomes = scores["generation_outcomes"]
+    assert [len(values) for values in outcomes.values()] == [2] * 6  # 12 prompts, 2 per category
+    assert scores["generation"]["overall"] == pytest.approx(np.mean([np.mean(v) for v in outcomes.values()]))
+    # B satisfies every prompt of one category more than A: A - B = -(that category's failures) / 6 categories
+    better = {**scores, "generation_outcomes": {**outcomes, "counting": [True, True]}}
+    second = tmp_path / "b.json"
+    second.write_text(json.dumps(better))
+    capsys.readouterr()
+    cli.main(["eval", "compare", str(first), str(second)])
+    difference, a = -outcomes["counting"].count(False) / 2 / 6, scores["generation"]["overall"]
+    assert f"| GenEval-style overall | {a:.4f} | {a - difference:.4f} | {difference:+.4f} +- " in capsys.readouterr().out
+    for changed, message in (({"seed": 1}, "same prompts and noise seeds"), ({"generation_outcomes": {}}, "no per-prompt")):
+        second.write_text(json.dumps({**scores, **changed}))
+        with pytest.raises(SystemExit, match=message):
+            cli.main(["eval", "compare", str(first), str(second)])
 
 def test_guidance_flags_reach_the_pipeline_and_the_eval_records_what_it_used(model_dir, tmp_path, monkeypatch):
     arguments = ["generate", "a red circle", "--model", str(model_dir), "--steps", "2", "--output", str(tmp_path / "a.png")]

@@ -27,8 +27,10 @@ from hydra_hf.evaluation import (
     detect_objects,
     format_scores_table,
     overall_standard_error,
+    paired_overall_difference,
     psnr,
     score_generation,
+    scores_from_outcomes,
     spec_satisfied,
     vqa_accuracy,
 )
@@ -142,6 +144,29 @@ def test_overall_standard_error_matches_the_spread_of_the_overall_over_prompt_dr
     assert overall_standard_error(true_scores, [spec.to_dict() for spec in specs]) == predicted
     assert overall_standard_error(dict.fromkeys(GENERATION_CATEGORIES, 1.0), specs) == 0.0
 
+
+
+def test_paired_difference_error_matches_the_spread_of_the_difference_over_prompt_draws():
+    specs = generation_prompts(480, seed=777)
+    categories = np.array([spec.category for spec in specs])
+    rates = np.array([dict(zip(GENERATION_CATEGORIES, (0.7, 0.45, 0.1, 0.7, 0.15, 0.2)))[c] for c in categories])
+    rng = np.random.default_rng(0)
+    # 2000 draws of two models that agree except on 10% of prompts, where the second fails more often
+    first = rng.random((2000, len(specs))) < rates
+    second = np.where(rng.random((2000, len(specs))) < 0.1, rng.random((2000, len(specs))) < rates - 0.05, first)
+
+    def outcomes(row):
+        return {category: row[categories == category].tolist() for category in GENERATION_CATEGORIES}
+
+    pairs = [paired_overall_difference(outcomes(a), outcomes(b)) for a, b in zip(first, second)]
+    differences, errors = np.array(pairs).T
+    assert abs(np.mean(errors) - np.std(differences)) < 0.1 * np.std(differences)
+    assert np.mean(errors) < 0.5 * overall_standard_error(dict(zip(GENERATION_CATEGORIES, (0.7, 0.45, 0.1, 0.7, 0.15, 0.2))), specs)
+    same = outcomes(first[0])
+    assert paired_overall_difference(same, same) == (0.0, 0.0)
+    assert scores_from_outcomes(same)["overall"] == pytest.approx(np.mean([np.mean(v) for v in same.values()]))
+    with pytest.raises(ValueError, match="same prompts"):
+        paired_overall_difference(same, {**same, "counting": same["counting"][:-1]})
 
 def test_a_ragged_blob_counts_as_its_best_fitting_shape_only_until_fit_is_required():
     image = Image.new("RGB", (64, 64), (255, 255, 255))

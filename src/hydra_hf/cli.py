@@ -1,5 +1,5 @@
-"""The `hydra-hf` command: `demo`, `generate`, `chat` and `eval shapes`, on the embedded `hydra-tiny-shapes` model by
-default or on any HYDRA folder or Hub repo (`--model`)."""
+"""The `hydra-hf` command: `demo`, `generate`, `chat`, `eval shapes` and `eval compare`, on the embedded
+`hydra-tiny-shapes` model by default or on any HYDRA folder or Hub repo (`--model`)."""
 
 import argparse
 import json
@@ -120,6 +120,34 @@ def evaluate(args) -> None:
         Path(args.json).write_text(json.dumps(result.to_dict(), indent=2))
 
 
+def _read_evaluation(path: str) -> dict:
+    try:
+        result = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"cannot read scores {path}: {error}") from error
+    if not result.get("generation_outcomes"):
+        raise SystemExit(f"{path} holds no per-prompt generation outcomes; write it with `hydra-hf eval shapes --json` "
+                         "with the generation part (files from before the outcomes were recorded lack them)")
+    return result
+
+
+def compare(args) -> None:
+    from .evaluation.shapes import paired_overall_difference, scores_from_outcomes
+
+    first, second = _read_evaluation(args.first), _read_evaluation(args.second)
+    prompts = [(result["num_scenes"], result["seed"]) for result in (first, second)]
+    if prompts[0] != prompts[1]:
+        raise SystemExit(f"a paired comparison needs the same prompts and noise seeds; got (num_scenes, seed) "
+                         f"{prompts[0]} and {prompts[1]}")
+    print(f"{args.first} (A) against {args.second} (B): {prompts[0][0]} prompts of seed {prompts[0][1]}, each image "
+          "from the same noise seed; A - B +- its standard error over the prompts")
+    print("| score | A | B | A - B |\n|---|---:|---:|---:|")
+    for name, key in (("GenEval-style overall", "generation_outcomes"), ("well-drawn overall", "well_drawn_outcomes")):
+        difference, error = paired_overall_difference(first[key], second[key])
+        a, b = (scores_from_outcomes(result[key])["overall"] for result in (first, second))
+        print(f"| {name} | {a:.4f} | {b:.4f} | {difference:+.4f} +- {error:.4f} |")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .evaluation.shapes_eval import EVAL_SEED
 
@@ -175,8 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="for --parts editing: flow times the generation prompts' reference scenes are noised to "
                              "before the model denoises them (low scores already at small times: it loses the shapes' "
                              "details; only at large ones: the layout)")
-    shapes.add_argument("--json", help="also write the scores as JSON here")
+    shapes.add_argument("--json", help="also write the scores as JSON here (with per-prompt outcomes, for compare)")
     shapes.set_defaults(func=evaluate)
+    paired = suite.add_parser("compare", help="paired difference of two `eval shapes --json` results on the same prompts")
+    paired.add_argument("first", help="scores JSON of model A")
+    paired.add_argument("second", help="scores JSON of model B, from the same --num-scenes and --seed")
+    paired.set_defaults(func=compare)
     return parser
 
 

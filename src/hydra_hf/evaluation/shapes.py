@@ -27,9 +27,12 @@ __all__ = [
     "detect_objects",
     "drawn_mask",
     "format_scores_table",
+    "generation_outcomes",
     "overall_standard_error",
+    "paired_overall_difference",
     "psnr",
     "score_generation",
+    "scores_from_outcomes",
     "spec_satisfied",
     "vqa_accuracy",
 ]
@@ -242,37 +245,65 @@ def spec_satisfied(detections: Sequence[DetectedObject], spec: PromptSpec) -> bo
 WELL_DRAWN_MIN_FIT = 0.8
 
 
+def generation_outcomes(
+    images: Sequence[Image.Image | np.ndarray], prompt_specs: Sequence[PromptSpec | Mapping[str, Any]],
+    min_fit: float = 0.0,
+) -> dict[str, list[bool]]:
+    """Whether each image satisfies its prompt, grouped by GenEval category in prompt order. Specs may be
+    `PromptSpec`s or their `to_dict()` form. Detections that fit their shape below `min_fit` do not count
+    (`WELL_DRAWN_MIN_FIT`: only well-drawn shapes)."""
+    if len(images) != len(prompt_specs):
+        raise ValueError(f"Got {len(images)} images for {len(prompt_specs)} prompt specs.")
+    outcomes: dict[str, list[bool]] = {}
+    for image, spec in zip(images, prompt_specs):
+        if not isinstance(spec, PromptSpec):
+            spec = PromptSpec.from_dict(spec)
+        detections = [detection for detection in detect_objects(image) if detection.fit >= min_fit]
+        outcomes.setdefault(spec.category, []).append(spec_satisfied(detections, spec))
+    return {category: outcomes[category] for category in GENERATION_CATEGORIES if category in outcomes}
+
+
+def scores_from_outcomes(outcomes: Mapping[str, Sequence[bool]]) -> dict[str, float]:
+    """Each category's fraction of satisfied prompts, and "overall", GenEval's headline mean over the categories."""
+    scores = {category: sum(values) / len(values) for category, values in outcomes.items()}
+    scores["overall"] = sum(scores.values()) / len(scores) if scores else math.nan
+    return scores
+
+
 def score_generation(
     images: Sequence[Image.Image | np.ndarray], prompt_specs: Sequence[PromptSpec | Mapping[str, Any]],
     min_fit: float = 0.0,
 ) -> dict[str, float]:
     """Fraction of images satisfying their prompt per GenEval category, and "overall", GenEval's headline mean
-    over the categories present. Specs may be `PromptSpec`s or their `to_dict()` form. Detections that fit their
-    shape below `min_fit` do not count (`WELL_DRAWN_MIN_FIT`: only well-drawn shapes)."""
-    if len(images) != len(prompt_specs):
-        raise ValueError(f"Got {len(images)} images for {len(prompt_specs)} prompt specs.")
-    results: dict[str, list[bool]] = {}
-    for image, spec in zip(images, prompt_specs):
-        if not isinstance(spec, PromptSpec):
-            spec = PromptSpec.from_dict(spec)
-        detections = [detection for detection in detect_objects(image) if detection.fit >= min_fit]
-        results.setdefault(spec.category, []).append(spec_satisfied(detections, spec))
-    scores = {
-        category: sum(results[category]) / len(results[category])
-        for category in GENERATION_CATEGORIES
-        if category in results
-    }
-    scores["overall"] = sum(scores.values()) / len(scores) if scores else math.nan
-    return scores
+    over the categories present (`generation_outcomes`, then `scores_from_outcomes`)."""
+    return scores_from_outcomes(generation_outcomes(images, prompt_specs, min_fit))
 
 
 def overall_standard_error(scores: Mapping[str, float], prompt_specs: Sequence[PromptSpec | Mapping[str, Any]]) -> float:
     """The standard error of `score_generation`'s "overall" over the draw of prompts and noise: each category's score
     is a proportion over its prompts and the overall their mean. Two models scored on different prompt sets differ by
-    noise alone about sqrt(2) times this; on the same prompts and seeds, less."""
+    noise alone about sqrt(2) times this; on the same prompts and seeds, `paired_overall_difference` says by how much."""
     counts = Counter(spec.category if isinstance(spec, PromptSpec) else spec["category"] for spec in prompt_specs)
     variance = sum(scores[category] * (1 - scores[category]) / count for category, count in counts.items())
     return math.sqrt(variance) / len(counts)
+
+
+def paired_overall_difference(
+    first: Mapping[str, Sequence[bool]], second: Mapping[str, Sequence[bool]]
+) -> tuple[float, float]:
+    """The difference of two models' GenEval-style overalls on the same prompts and noise seeds (`generation_outcomes`
+    of each), and its standard error from the per-prompt differences. Two models that agree on most prompts differ
+    by far less noise than two independent scores (`overall_standard_error`), so small gains become measurable."""
+    if {category: len(values) for category, values in first.items()} != {
+        category: len(values) for category, values in second.items()
+    }:
+        raise ValueError("expected outcomes of the same prompts: the categories or their prompt counts differ")
+    means, variances = [], []
+    for category, values in first.items():
+        differences = np.asarray(values, dtype=float) - np.asarray(second[category], dtype=float)
+        means.append(differences.mean())
+        variances.append(differences.var(ddof=1) / len(differences) if len(differences) > 1 else 0.0)
+    return float(np.mean(means)), math.sqrt(sum(variances)) / len(means)
 
 
 def format_scores_table(scores: Mapping[str, float]) -> str:

@@ -16,9 +16,11 @@ from .shapes import (
     WELL_DRAWN_MIN_FIT,
     count_specks,
     format_scores_table,
+    generation_outcomes,
     overall_standard_error,
     psnr,
     score_generation,
+    scores_from_outcomes,
     vqa_accuracy,
 )
 
@@ -48,6 +50,9 @@ class ShapesEvaluation:
     vqa_accuracy: float | None = None
     vqa_by_type: dict[str, float] = field(default_factory=dict)
     editing: dict[str, float] = field(default_factory=dict)
+    # Per prompt, by category in prompt order (`generation_outcomes`): for paired comparisons (`hydra-hf eval compare`).
+    generation_outcomes: dict[str, list[bool]] = field(default_factory=dict)
+    well_drawn_outcomes: dict[str, list[bool]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -153,9 +158,11 @@ def evaluate_shapes(
         specs = [prompt_spec_for(scene) for scene in reference_scenes]
     if "generation" in parts:
         generated = generate_for_specs(pipe, specs, num_inference_steps, batch_size=batch_size, seed=seed, **sampling)
-        result.generation = score_generation(generated, specs)
+        result.generation_outcomes = generation_outcomes(generated, specs)
+        result.well_drawn_outcomes = generation_outcomes(generated, specs, WELL_DRAWN_MIN_FIT)
+        result.generation = scores_from_outcomes(result.generation_outcomes)
         result.generation_standard_error = overall_standard_error(result.generation, specs)
-        result.well_drawn_overall = score_generation(generated, specs, WELL_DRAWN_MIN_FIT)["overall"]
+        result.well_drawn_overall = scores_from_outcomes(result.well_drawn_outcomes)["overall"]
         result.specks_per_image = float(np.mean([count_specks(image) for image in generated]))
     if "editing" in parts:
         references = [render_scene(scene) for scene in reference_scenes]
