@@ -4,6 +4,8 @@
     python scripts/generation_diagnostics.py word-effect outputs/a/final [--seeds 4]
     python scripts/generation_diagnostics.py word-probe outputs/a/final [--steps 0 10 20 29]
     python scripts/generation_diagnostics.py stochastic-steps outputs/a/final [--bands 0:1.01 0:0.5 0.5:1.01]
+    python scripts/generation_diagnostics.py self-verify outputs/a/final [--num-prompts 120 --candidates 4]
+    python scripts/generation_diagnostics.py failures outputs/a/final [--num-prompts 480]
 
 flow-loss: held-out flow-matching loss at fixed flow times (1 = noise), with the caption and with the empty prompt
 (their difference is how much the velocity uses the prompt). Training logs one loss averaged over sampled times,
@@ -30,6 +32,20 @@ stochastic-steps: the development scores (480 prompts, seed 777, as `hydra-hf ev
 777 --parts generation`) when the sampler takes stochastic steps in a band of flow times instead of Euler steps:
 diffusers' `stochastic_sampling` step, which re-noises the step's clean estimate `x0 = x_t - t v` to the next time
 with fresh noise from the call's generator, so that a blob committed to early can be redrawn later.
+
+self-verify: whether the model can tell which of its own images fits a prompt, so that drawing several and keeping
+the one it prefers would raise the scores. For development prompts (seed 777) it draws --candidates images each
+(candidate k of prompt i from seed 777 + k * prompts + i: the first candidate is the image `eval shapes` draws) under
+the checkpoint's default guidance, and scores each candidate two ways: by its answers, the summed log-likelihood of
+the answers the prompt implies to questions in the training's own templates ("is there a red circle?" yes, "how many
+circles are there?" 1, "is the red circle left of the blue square?" yes); and as a diffusion classifier, how much
+the prompt lowers the flow loss of the image's latent against the empty prompt, at fixed times and noise. It prints the
+GenEval-style overall of the first candidate, of a candidate drawn at random (the mean over candidates), of each
+pick, and of an oracle that knows which candidates the detector accepts.
+
+failures: why the development images (480 prompts of seed 777 under the checkpoint's default guidance, the images
+`eval shapes --seed 777` draws) miss their prompts, per category: nothing detected, a required colour absent, the
+right number of objects of the colour but a wrong shape, a wrong number of them, or only the relation wrong.
 """
 
 import argparse
@@ -40,10 +56,11 @@ import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from hydra_hf import HydraForConditionalGeneration, HydraPipeline, HydraProcessor
+from hydra_hf import HydraForConditionalGeneration, HydraPipeline, HydraProcessor, flow_matching
 from hydra_hf.data import PALETTE, SHAPES, make_shapes_dataset
-from hydra_hf.evaluation.shapes import drawn_mask
-from hydra_hf.evaluation.shapes_eval import EVAL_SEED, evaluate_shapes
+from hydra_hf.data.shapes import GENERATION_CATEGORIES, PromptSpec, generation_scenes, prompt_spec_for
+from hydra_hf.evaluation.shapes import detect_objects, drawn_mask, scores_from_outcomes, spec_satisfied
+from hydra_hf.evaluation.shapes_eval import EVAL_SEED, evaluate_shapes, generate_for_specs
 from hydra_hf.training import HydraCollator
 
 
@@ -222,6 +239,141 @@ def word_probe_table(args, seeds: int = 8, train_seeds: int = 6) -> dict:
     return results
 
 
+def verification_questions(spec: PromptSpec) -> list[tuple[str, str]]:
+    """(question, answer) pairs in the training's question templates whose answers the prompt fixes: existence for
+    each coloured object, a count for each shape named without a colour or counted, and the relation if asked."""
+    questions, counts = [], {}
+    for requirement in spec.objects:
+        if requirement.color is None or requirement.exact:
+            counts[requirement.shape] = counts.get(requirement.shape, 0) + requirement.count
+        else:
+            article = "an" if requirement.color[0] in "aeiou" else "a"
+            questions.append((f"is there {article} {requirement.color} {requirement.shape}?", "yes"))
+    questions += [(f"how many {shape}s are there?", str(count)) for shape, count in counts.items()]
+    if spec.relation is not None:
+        subject, reference = spec.objects[:2]
+        questions.append((f"is the {subject.color} {subject.shape} {spec.relation} the {reference.color} "
+                          f"{reference.shape}?", "yes"))
+    return questions
+
+
+@torch.no_grad()
+def answer_log_likelihoods(model, processor, images: list, pairs: list[tuple[str, str]]) -> list[float]:
+    """log p(answer | image, question) under the model, one per (image, (question, answer)), batched right-padded."""
+    conversations = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+                     for question, _ in pairs]
+    prompts = processor.apply_chat_template(conversations, add_generation_prompt=True)
+    batch = processor(text=[prompt + answer for prompt, (_, answer) in zip(prompts, pairs)], images=images,
+                      padding_side="right")
+    log_probs = torch.log_softmax(model(**batch).logits.float(), dim=-1)
+    likelihoods = []
+    for row, (end, (_, answer)) in enumerate(zip(batch["attention_mask"].sum(dim=1).tolist(), pairs)):
+        start = end - len(processor.tokenizer(answer, add_special_tokens=False)["input_ids"])
+        answer_ids = batch["input_ids"][row, start:end]
+        likelihoods.append(log_probs[row, start - 1 : end - 1].gather(-1, answer_ids[:, None]).sum().item())
+    return likelihoods
+
+
+@torch.no_grad()
+def prompt_flow_gain(pipe, prompt: str, images: list, times=(0.3, 0.5, 0.7, 0.9), draws: int = 2) -> np.ndarray:
+    """Per image, the flow loss of its latent with the empty prompt minus with `prompt` (a diffusion classifier's
+    evidence for the prompt), summed over `times` and `draws` noise draws shared by all images."""
+    model = pipe.model
+    pixels = pipe.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+    clean = model.vision_model.normalize_latents(model.model.image_latents(pixels))
+    prompts = pipe.processor(text=pipe.processor.build_generation_prompt(["", prompt]))
+    generator, gain = torch.Generator().manual_seed(0), np.zeros(len(images))
+    for time in times:
+        for _ in range(draws):
+            noise = torch.randn(clean.shape[1:], generator=generator).expand_as(clean)
+            noisy = flow_matching.interpolate(clean, noise, torch.full((len(images),), time))
+            target = flow_matching.velocity_target(clean, noise)
+            for row, sign in ((0, 1.0), (1, -1.0)):
+                velocity = model.flow_velocity(noisy, time, input_ids=prompts["input_ids"][row : row + 1].expand(len(images), -1),
+                                               attention_mask=prompts["attention_mask"][row : row + 1].expand(len(images), -1))
+                gain += sign * (velocity - target).square().mean(dim=(1, 2, 3)).numpy()
+    return gain
+
+
+def geneval_overall(specs: list[PromptSpec], values) -> float:
+    """GenEval's overall (`scores_from_outcomes`) of per-prompt scores in [0, 1]."""
+    grouped = {}
+    for spec, value in zip(specs, values):
+        grouped.setdefault(spec.category, []).append(value)
+    return scores_from_outcomes(grouped)["overall"]
+
+
+def self_verify_table(args) -> dict:
+    specs = [prompt_spec_for(scene) for scene in generation_scenes(args.num_prompts, seed=args.seed)]
+    results = {}
+    for path in args.models:
+        pipe = HydraPipeline.from_pretrained(path)
+        pipe.set_progress_bar_config(disable=True)
+        candidates = [generate_for_specs(pipe, specs, seed=args.seed + k * len(specs)) for k in range(args.candidates)]
+        by_prompt = [[candidate[index] for candidate in candidates] for index in range(len(specs))]
+        satisfied = np.array([[spec_satisfied(detect_objects(image), spec) for image in images]
+                              for spec, images in zip(specs, by_prompt)])
+        answers, gains = [], []
+        for spec, images in zip(specs, by_prompt):
+            pairs = verification_questions(spec)
+            likelihoods = answer_log_likelihoods(pipe.model, pipe.processor, [i for i in images for _ in pairs],
+                                                 pairs * len(images))
+            answers.append(np.array(likelihoods).reshape(len(images), len(pairs)).sum(axis=1))
+            gains.append(prompt_flow_gain(pipe, spec.prompt, images))
+        rows = np.arange(len(specs))
+        results[path] = row = {
+            "first candidate": geneval_overall(specs, satisfied[:, 0]),
+            "random candidate": geneval_overall(specs, satisfied.mean(axis=1)),
+            "picked by its answers": geneval_overall(specs, satisfied[rows, np.argmax(answers, axis=1)]),
+            "picked as a diffusion classifier": geneval_overall(specs, satisfied[rows, np.argmax(gains, axis=1)]),
+            "oracle": geneval_overall(specs, satisfied.any(axis=1)),
+        }
+        print(f"{path} | {args.candidates} candidates, {len(specs)} prompts | "
+              + " | ".join(f"{name}: {value:.3f}" for name, value in row.items()), flush=True)
+    return results
+
+
+FAILURE_REASONS = ("nothing detected", "colour absent", "shape", "count", "relation")
+
+
+def failure_reason(detections: list, spec: PromptSpec) -> str | None:
+    """The first way the detections miss the prompt, in the order of `FAILURE_REASONS`; None when they satisfy it.
+    "shape": as many objects of a required colour as asked (at least as many, unless counting) but too few of them of
+    the required shape; "count": a wrong number of objects of that colour."""
+    if spec_satisfied(detections, spec):
+        return None
+    if not detections:
+        return "nothing detected"
+    for requirement in spec.objects:
+        coloured = [detection for detection in detections if requirement.color in (None, detection.color)]
+        if not coloured:
+            return "colour absent"
+        right = [detection for detection in coloured if detection.shape == requirement.shape]
+        if len(right) < requirement.count or (requirement.exact and len(right) > requirement.count):
+            enough = len(coloured) == requirement.count if requirement.exact else len(coloured) >= requirement.count
+            return "shape" if enough else "count"
+    return "relation"
+
+
+def failures_table(args) -> dict:
+    specs = [prompt_spec_for(scene) for scene in generation_scenes(args.num_prompts, seed=args.seed)]
+    categories = sorted({spec.category for spec in specs}, key=GENERATION_CATEGORIES.index)
+    results = {}
+    for path in args.models:
+        pipe = HydraPipeline.from_pretrained(path)
+        pipe.set_progress_bar_config(disable=True)
+        images = generate_for_specs(pipe, specs, seed=args.seed)
+        reasons = [failure_reason(detect_objects(image), spec) for image, spec in zip(images, specs)]
+        results[path] = table = {}
+        print(f"{path}: share of each category's prompts\n| category | satisfied | " + " | ".join(FAILURE_REASONS)
+              + " |\n|---|" + "---:|" * (len(FAILURE_REASONS) + 1))
+        for category in categories:
+            chosen = [reason for reason, spec in zip(reasons, specs) if spec.category == category]
+            table[category] = {reason or "satisfied": chosen.count(reason) / len(chosen)
+                               for reason in (None, *FAILURE_REASONS)}
+            print(f"| {category} | " + " | ".join(f"{share:.2f}" for share in table[category].values()) + " |")
+    return results
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -238,10 +390,17 @@ def main(argv: list[str] | None = None) -> None:
     stochastic = commands.add_parser("stochastic-steps", help="development scores with stochastic steps in bands of t")
     stochastic.add_argument("--bands", type=band, nargs="+", default=[(0.0, 0.0), (0.0, 1.01), (0.0, 0.5), (0.5, 1.01)],
                             metavar="LOW:HIGH", help="stochastic steps at LOW <= t < HIGH (0:0 = Euler throughout)")
+    verify = commands.add_parser("self-verify", help="can the model pick which of its own images fits the prompt")
+    verify.add_argument("--num-prompts", type=int, default=120, help="development prompts (seed --seed)")
+    verify.add_argument("--candidates", type=int, default=4, help="images drawn per prompt")
+    verify.add_argument("--seed", type=int, default=777)
+    failures = commands.add_parser("failures", help="why the development images miss their prompts, per category")
+    failures.add_argument("--num-prompts", type=int, default=480, help="development prompts (seed --seed)")
+    failures.add_argument("--seed", type=int, default=777)
     for command in (word, probe, stochastic):
         command.add_argument("--pag-scale", type=float, default=3.0, help="0: no guidance")
         command.add_argument("--pag-layers", type=int, nargs="+", default=[1])
-    for command in (flow, word, probe, stochastic):
+    for command in (flow, word, probe, stochastic, verify, failures):
         command.add_argument("models", nargs="+", help="HYDRA folders")
         command.add_argument("--json", help="also write the results as JSON here")
     args = parser.parse_args(argv)
@@ -249,8 +408,11 @@ def main(argv: list[str] | None = None) -> None:
         flow.error(f"--times must lie in [0, 1], got {args.times}")
     if args.command == "word-probe" and any(not 0 <= step < args.num_inference_steps for step in args.steps):
         probe.error(f"--steps must lie in [0, {args.num_inference_steps}), got {args.steps}")
+    if args.command == "self-verify" and (args.candidates < 2 or args.num_prompts < 1):
+        verify.error(f"expected --candidates >= 2 and --num-prompts >= 1, got {args.candidates} and {args.num_prompts}")
     tables = {"flow-loss": flow_loss_table, "word-effect": word_effect_table, "word-probe": word_probe_table,
-              "stochastic-steps": stochastic_steps_table}
+              "stochastic-steps": stochastic_steps_table, "self-verify": self_verify_table,
+              "failures": failures_table}
     results = tables[args.command](args)
     if args.json:
         with open(args.json, "w") as handle:

@@ -70,3 +70,87 @@ def test_band_scheduler_steps_stochastically_only_inside_its_band(diagnostics):
     noise = torch.randn(1, 4, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(steps[0][1], 0.75 * (steps[0][0] - 0.5 * velocity) + 0.25 * noise)
     assert not torch.allclose(steps[0][1], steps[1][1])
+
+
+def test_verification_questions_ask_what_the_prompt_fixes_in_the_training_templates(diagnostics):
+    from hydra_hf.data.shapes import ObjectRequirement, PromptSpec
+
+    counting = PromptSpec("counting", "three orange circles", (ObjectRequirement("circle", "orange", 3, exact=True),))
+    assert diagnostics.verification_questions(counting) == [("how many circles are there?", "3")]
+    two = PromptSpec("two_objects", "a square and a square", (ObjectRequirement("square"), ObjectRequirement("square")))
+    assert diagnostics.verification_questions(two) == [("how many squares are there?", "2")]
+    position = PromptSpec("position", "an orange circle to the left of a red square",
+                          (ObjectRequirement("circle", "orange"), ObjectRequirement("square", "red")), "left of")
+    assert diagnostics.verification_questions(position) == [
+        ("is there an orange circle?", "yes"), ("is there a red square?", "yes"),
+        ("is the orange circle left of the red square?", "yes"),
+    ]
+
+
+def test_answer_likelihoods_do_not_depend_on_the_batch_padding(diagnostics):
+    from .utils import random_pixels, tiny_hydra, tiny_processor
+
+    model, processor = tiny_hydra(), tiny_processor()
+    images = [processor.postprocess(random_pixels(1, 32, seed=seed))[0] for seed in (0, 1)]
+    pairs = [("what shape is it ?", "a red circle"), ("what color is the shape ? describe the image .", "yes")]
+    batched = diagnostics.answer_log_likelihoods(model, processor, images, pairs)
+    alone = [diagnostics.answer_log_likelihoods(model, processor, [image], [pair])[0] for image, pair in zip(images, pairs)]
+    assert batched == pytest.approx(alone, abs=1e-4)
+    assert all(value < 0 for value in batched)
+    # a longer answer is one more factor below 1
+    assert diagnostics.answer_log_likelihoods(model, processor, images[:1], [("what shape is it ?", "a red circle yes")])[0] < batched[0]
+
+
+def test_self_verify_scores_every_pick_between_nothing_and_the_oracle(diagnostics, model_dir, tmp_path):
+    output = tmp_path / "verify.json"
+    run(diagnostics, "self-verify", model_dir, "--num-prompts", 6, "--candidates", 2, "--json", output)
+    row = json.loads(output.read_text())[str(model_dir)]
+    assert set(row) == {"first candidate", "random candidate", "picked by its answers",
+                        "picked as a diffusion classifier", "oracle"}
+    assert all(0 <= value <= row["oracle"] for value in row.values())
+    with pytest.raises(SystemExit):
+        run(diagnostics, "self-verify", model_dir, "--candidates", 1)
+
+
+def test_prompt_flow_gain_compares_candidates_on_the_same_noise(diagnostics, model_dir):
+    from hydra_hf import HydraPipeline
+
+    from .utils import random_pixels
+
+    pipe = HydraPipeline.from_pretrained(model_dir)
+    images = [pipe.processor.postprocess(random_pixels(1, 32, seed=seed))[0] for seed in (0, 1)]
+    together = diagnostics.prompt_flow_gain(pipe, "a red circle", images)
+    alone = [diagnostics.prompt_flow_gain(pipe, "a red circle", [image])[0] for image in images]
+    assert together == pytest.approx(alone, rel=1e-4) and together[0] != pytest.approx(together[1])
+    assert diagnostics.prompt_flow_gain(pipe, "", images) == pytest.approx([0.0, 0.0], abs=1e-6)
+
+
+def test_failure_reason_names_the_first_way_an_image_misses_its_prompt(diagnostics):
+    from hydra_hf.data.shapes import ObjectRequirement, PromptSpec, Scene, ShapeObject, render_scene
+    from hydra_hf.evaluation.shapes import detect_objects
+
+    def reason(objects, spec):
+        return diagnostics.failure_reason(detect_objects(render_scene(Scene(tuple(objects)))), spec)
+
+    red_circle, blue_square = ShapeObject.at("circle", "red", 6, 20, 16), ShapeObject.at("square", "blue", 40, 20, 16)
+    single = PromptSpec("single_object", "a circle", (ObjectRequirement("circle"),))
+    assert reason([red_circle], single) is None
+    assert reason([], single) == "nothing detected"
+    assert reason([blue_square], single) == "shape"
+    assert reason([blue_square], PromptSpec("colors", "a red square", (ObjectRequirement("square", "red"),))) == "colour absent"
+    three = PromptSpec("counting", "three red circles", (ObjectRequirement("circle", "red", 3, exact=True),))
+    assert reason([red_circle, ShapeObject.at("circle", "red", 40, 40, 16)], three) == "count"
+    assert reason([red_circle, ShapeObject.at("square", "red", 40, 40, 16), ShapeObject.at("circle", "red", 40, 4, 14)],
+                  three) == "shape"
+    right_of = PromptSpec("position", "a red circle to the right of a blue square",
+                          (ObjectRequirement("circle", "red"), ObjectRequirement("square", "blue")), "right of")
+    assert reason([red_circle, blue_square], right_of) == "relation"
+
+
+def test_failures_table_splits_each_category_into_satisfied_and_reasons(diagnostics, model_dir, tmp_path):
+    output = tmp_path / "failures.json"
+    run(diagnostics, "failures", model_dir, "--num-prompts", 6, "--json", output)
+    table = json.loads(output.read_text())[str(model_dir)]
+    assert list(table) == ["single_object", "two_objects", "counting", "colors", "position", "color_attribution"]
+    for shares in table.values():
+        assert list(shares) == ["satisfied", *diagnostics.FAILURE_REASONS] and sum(shares.values()) == pytest.approx(1)
