@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from hydra_hf.hub import staged_folder
+
 WEIGHTS = "model.safetensors"
 CONFIGS = ("*.json", "*.jinja")  # what `from_pretrained` reads besides the weights
 RECIPE = "training_recipe.json"
@@ -51,18 +53,15 @@ def average_checkpoints(out: Path, models: list[Path]) -> None:
     if missing:
         raise ValueError(f"expected a single {WEIGHTS} in each checkpoint folder; missing in {missing}")
     averaged = average_state_dicts([load_file(model / WEIGHTS) for model in models])
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for pattern in CONFIGS:
-        for path in models[0].glob(pattern):
-            if path.name not in NOT_COPIED:
-                shutil.copy2(path, staging / path.name)
-    save_file(averaged, staging / WEIGHTS, metadata={"format": "pt"})
-    recipes = [json.loads((model / RECIPE).read_text()) if (model / RECIPE).is_file() else None for model in models]
-    recipe = {"averaged_from": [str(model) for model in models], "average_of": recipes}
-    (staging / RECIPE).write_text(json.dumps(recipe, indent=2) + "\n")
-    staging.rename(out)  # the folder appears whole or not at all
+    with staged_folder(out) as staging:  # the folder appears whole or not at all
+        for pattern in CONFIGS:
+            for path in models[0].glob(pattern):
+                if path.name not in NOT_COPIED:
+                    shutil.copy2(path, staging / path.name)
+        save_file(averaged, staging / WEIGHTS, metadata={"format": "pt"})
+        recipes = [json.loads((model / RECIPE).read_text()) if (model / RECIPE).is_file() else None for model in models]
+        recipe = {"averaged_from": [str(model) for model in models], "average_of": recipes}
+        (staging / RECIPE).write_text(json.dumps(recipe, indent=2) + "\n")
 
 
 def main() -> None:

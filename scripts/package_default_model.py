@@ -16,7 +16,7 @@ from pathlib import Path
 from transformers import GenerationConfig
 
 from hydra_hf.evaluation import WELL_DRAWN_MIN_FIT
-from hydra_hf.hub import model_card
+from hydra_hf.hub import model_card, staged_folder
 
 ASSET = Path(__file__).resolve().parents[1] / "src" / "hydra_hf" / "assets" / "hydra-tiny-shapes"
 KEEP = ("*.safetensors", "*.json", "*.jinja")
@@ -111,27 +111,9 @@ def install_generation_defaults(folder: Path, settings: dict) -> dict:
     return defaults
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", type=Path, help="the recipe's final folder")
-    parser.add_argument("--scores", type=Path, required=True, help="hydra-hf eval shapes --json output")
-    parser.add_argument("--provenance", help="how the checkpoint came about, for the card, when the recipe's "
-                        "command alone does not rebuild it (stages taken from different runs, older code)")
-    args = parser.parse_args()
-    if args.model.resolve() == ASSET.resolve():
-        parser.error(f"{args.model} is the installed model itself, which installing would delete first; copy it elsewhere")
-    scores = json.loads(args.scores.read_text())
-    recipe = json.loads((args.model / "training_recipe.json").read_text())
-    if averages_lacking_recipes(recipe):
-        parser.error("the card's command needs the training_recipe.json of every checkpoint the model averages")
-    missing = [name for name in CARD_SCORES if scores.get(name) is None]
-    if missing:
-        parser.error(f"{args.scores} lacks {', '.join(missing)}: the card needs a full `hydra-hf eval shapes` run "
-                     "(not --parts)")
+def install(args, scores: dict, recipe: dict, staging: Path) -> None:
+    """Write the model's files, its generation defaults and its card into `staging`."""
     first, last = first_recipe(recipe), last_trained(recipe)
-    staging = ASSET.with_name(ASSET.name + ".partial")  # the installed model is replaced only once this is whole
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
     for pattern in KEEP:
         for file in args.model.glob(pattern):
             if file.name not in SKIP:
@@ -172,9 +154,27 @@ def main() -> None:
         question="how many circles are there?",
     )
     card.save(staging / "README.md")
-    if ASSET.exists():
-        shutil.rmtree(ASSET)
-    staging.rename(ASSET)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", type=Path, help="the recipe's final folder")
+    parser.add_argument("--scores", type=Path, required=True, help="hydra-hf eval shapes --json output")
+    parser.add_argument("--provenance", help="how the checkpoint came about, for the card, when the recipe's "
+                        "command alone does not rebuild it (stages taken from different runs, older code)")
+    args = parser.parse_args()
+    if args.model.resolve() == ASSET.resolve():
+        parser.error(f"{args.model} is the installed model itself, which installing would delete first; copy it elsewhere")
+    scores = json.loads(args.scores.read_text())
+    recipe = json.loads((args.model / "training_recipe.json").read_text())
+    if averages_lacking_recipes(recipe):
+        parser.error("the card's command needs the training_recipe.json of every checkpoint the model averages")
+    missing = [name for name in CARD_SCORES if scores.get(name) is None]
+    if missing:
+        parser.error(f"{args.scores} lacks {', '.join(missing)}: the card needs a full `hydra-hf eval shapes` run "
+                     "(not --parts)")
+    with staged_folder(ASSET, replace=True) as staging:  # the installed model is replaced only once this is whole
+        install(args, scores, recipe, staging)
     size = sum(f.stat().st_size for f in ASSET.iterdir())
     print(f"installed {ASSET} ({size / 1e6:.1f} MB)")
 

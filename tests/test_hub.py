@@ -526,3 +526,24 @@ def test_cards_render_metadata_usage_and_eval_table():
     assert 'pipe.load_lora_weights("user/lora")' in str(adapter) and "- **rank**: 8" in str(adapter)
     with pytest.raises(ValueError, match="base_model"):
         model_card("user/lora", kind="adapter")
+
+
+def test_staged_folder_appears_whole_or_not_at_all(tmp_path):
+    from hydra_hf.hub import staged_folder
+
+    target = tmp_path / "model"
+    with staged_folder(target) as staging:
+        (staging / "a.txt").write_text("new")
+        assert not target.exists()
+    assert (target / "a.txt").read_text() == "new" and not staging.exists()
+    with pytest.raises(ValueError, match="exists"):
+        with staged_folder(target):
+            pass
+    with pytest.raises(RuntimeError):
+        with staged_folder(target, replace=True) as staging:
+            (staging / "b.txt").write_text("half")
+            raise RuntimeError("failed while writing")
+    assert [path.name for path in target.iterdir()] == ["a.txt"]  # untouched
+    with staged_folder(target, replace=True) as staging:
+        (staging / "b.txt").write_text("whole")
+    assert [path.name for path in target.iterdir()] == ["b.txt"]

@@ -10,7 +10,7 @@ Three kinds of repo, each with its card (`huggingface_hub.ModelCard` rendered fr
   `base_model`, as the Hub expects of adapters.
 
 `push_to_hub` writes the files and the card into one folder and uploads it as one commit, so a repo is never
-left half written. The objects' own `push_to_hub` methods work too, but each writes its own stub card (and a
+left half written; `staged_folder` does the same for a local folder. The objects' own `push_to_hub` methods work too, but each writes its own stub card (and a
 `PeftModel`'s card is replaced by transformers' one), so push the card last if you use them.
 """
 
@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from huggingface_hub import CommitInfo, HfApi, ModelCard, ModelCardData
 from transformers.utils import logging
 
-__all__ = ["CARD_TEMPLATE", "adapter_card", "model_card", "push_to_hub", "save_for_hub"]
+__all__ = ["CARD_TEMPLATE", "adapter_card", "model_card", "push_to_hub", "save_for_hub", "staged_folder"]
 
 logger = logging.get_logger(__name__)
 
@@ -299,3 +301,20 @@ def push_to_hub(
             revision=revision,
             create_pr=create_pr,
         )
+
+
+@contextmanager
+def staged_folder(target: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
+    """Yield an empty sibling `<target>.partial` to write a model folder into; when the block ends without an error it
+    becomes `target`, replacing an existing one only if `replace`. A reader never finds a half-written folder, and a
+    failure leaves `target` as it was (and the partial folder, to look at)."""
+    target = Path(target)
+    if target.exists() and not replace:
+        raise ValueError(f"{target} exists; pass a new folder")
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    yield staging
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
