@@ -10,8 +10,9 @@ Three kinds of repo, each with its card (`huggingface_hub.ModelCard` rendered fr
   `base_model`, as the Hub expects of adapters.
 
 `push_to_hub` writes the files and the card into one folder and uploads it as one commit, so a repo is never
-left half written; `staged_folder` does the same for a local folder. The objects' own `push_to_hub` methods work too, but each writes its own stub card (and a
-`PeftModel`'s card is replaced by transformers' one), so push the card last if you use them.
+left half written (`staged_folder` does the same for a local folder). The objects' own `push_to_hub` methods work
+too, but each writes its own stub card (and a `PeftModel`'s card is replaced by transformers' one), so push the card
+last if you use them.
 """
 
 from __future__ import annotations

@@ -292,8 +292,9 @@ def paired_overall_difference(
     first: Mapping[str, Sequence[bool]], second: Mapping[str, Sequence[bool]]
 ) -> tuple[float, float]:
     """The difference of two models' GenEval-style overalls on the same prompts and noise seeds (`generation_outcomes`
-    of each), and its standard error from the per-prompt differences. Two models that agree on most prompts differ
-    by far less noise than two independent scores (`overall_standard_error`), so small gains become measurable."""
+    of each), and its standard error from the per-prompt differences. The more prompts the two agree on, the smaller
+    it is against two independent scores (`overall_standard_error`); two checkpoints of the shapes world, whose images
+    from one noise seed differ on most prompts, gain little from pairing (docs/experiments.md, twenty-fourth round)."""
     if {category: len(values) for category, values in first.items()} != {
         category: len(values) for category, values in second.items()
     }:
