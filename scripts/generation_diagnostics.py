@@ -6,6 +6,7 @@
     python scripts/generation_diagnostics.py stochastic-steps outputs/a/final [--bands 0:1.01 0:0.5 0.5:1.01]
     python scripts/generation_diagnostics.py self-verify outputs/a/final [--num-prompts 120 --candidates 4]
     python scripts/generation_diagnostics.py failures outputs/a/final [--num-prompts 480]
+    python scripts/generation_diagnostics.py shape-guidance outputs/a/final [--scales 1.5 2 3]
 
 flow-loss: held-out flow-matching loss at fixed flow times (1 = noise), with the caption and with the empty prompt
 (their difference is how much the velocity uses the prompt). Training logs one loss averaged over sampled times,
@@ -46,11 +47,19 @@ pick, and of an oracle that knows which candidates the detector accepts.
 failures: why the development images (480 prompts of seed 777 under the checkpoint's default guidance, the images
 `eval shapes --seed 777` draws) miss their prompts, per category: nothing detected, a required colour absent, the
 right number of objects of the colour but a wrong shape, a wrong number of them, or only the relation wrong.
+
+shape-guidance: classifier-free guidance along the shape words alone, against the prompt with each shape word
+rotated (circle -> square -> triangle -> circle: "a red circle" against "a red square"), so that guidance amplifies
+what tells the shapes apart rather than the whole prompt; with the checkpoint's PAG defaults kept. For each --scales
+value it prints the development scores (480 prompts of seed 777, the images `eval shapes --seed 777` draws at the
+checkpoint's defaults being the baseline) and the paired difference of the overall against the baseline with its
+standard error; the control is the same scale against the empty prompt (--control-scale).
 """
 
 import argparse
 import itertools
 import json
+import re
 
 import numpy as np
 import torch
@@ -59,7 +68,14 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from hydra_hf import HydraForConditionalGeneration, HydraPipeline, HydraProcessor, flow_matching
 from hydra_hf.data import PALETTE, SHAPES, make_shapes_dataset
 from hydra_hf.data.shapes import GENERATION_CATEGORIES, PromptSpec, generation_scenes, prompt_spec_for
-from hydra_hf.evaluation.shapes import detect_objects, drawn_mask, scores_from_outcomes, spec_satisfied
+from hydra_hf.evaluation.shapes import (
+    detect_objects,
+    drawn_mask,
+    generation_outcomes,
+    paired_overall_difference,
+    scores_from_outcomes,
+    spec_satisfied,
+)
 from hydra_hf.evaluation.shapes_eval import EVAL_SEED, evaluate_shapes, generate_for_specs
 from hydra_hf.training import HydraCollator
 
@@ -374,6 +390,37 @@ def failures_table(args) -> dict:
             print(f"| {category} | " + " | ".join(f"{share:.2f}" for share in table[category].values()) + " |")
     return results
 
+
+def shape_rotated(prompt: str) -> str:
+    """The prompt with each shape word (singular or plural) replaced by the next one in `SHAPES`, cyclically."""
+    following = dict(zip(SHAPES, SHAPES[1:] + SHAPES[:1]))
+    return re.sub(r"\b(" + "|".join(SHAPES) + r")(s?)\b", lambda match: following[match[1]] + match[2], prompt)
+
+
+def shape_guidance_table(args) -> dict:
+    specs = [prompt_spec_for(scene) for scene in generation_scenes(args.num_prompts, seed=args.seed)]
+    rotated = [shape_rotated(spec.prompt) for spec in specs]
+    settings = {"defaults": {},
+                f"CFG {args.control_scale} against the empty prompt": dict(guidance_scale=args.control_scale)}
+    settings.update({f"CFG {scale} against rotated shapes": dict(guidance_scale=scale, negative_prompts=rotated)
+                     for scale in args.scales})
+    results = {}
+    for path in args.models:
+        pipe = HydraPipeline.from_pretrained(path)
+        pipe.set_progress_bar_config(disable=True)
+        results[path] = rows = {}
+        print(f"{path}: {len(specs)} development prompts (seed {args.seed})\n| setting | overall | paired difference "
+              "| " + " | ".join(GENERATION_CATEGORIES) + " |\n|---|" + "---:|" * (len(GENERATION_CATEGORIES) + 2))
+        for name, setting in settings.items():
+            outcomes = generation_outcomes(generate_for_specs(pipe, specs, seed=args.seed, **setting), specs)
+            scores = scores_from_outcomes(outcomes)
+            difference = paired_overall_difference(outcomes, rows["defaults"]["outcomes"]) if rows else (0.0, 0.0)
+            rows[name] = {"scores": scores, "paired_difference": difference, "outcomes": outcomes}
+            print(f"| {name} | {scores['overall']:.3f} | {difference[0]:+.3f} +- {difference[1]:.3f} | "
+                  + " | ".join(f"{scores[category]:.3f}" for category in GENERATION_CATEGORIES) + " |", flush=True)
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -397,10 +444,15 @@ def main(argv: list[str] | None = None) -> None:
     failures = commands.add_parser("failures", help="why the development images miss their prompts, per category")
     failures.add_argument("--num-prompts", type=int, default=480, help="development prompts (seed --seed)")
     failures.add_argument("--seed", type=int, default=777)
+    shape = commands.add_parser("shape-guidance", help="development scores under guidance against rotated shape words")
+    shape.add_argument("--scales", type=float, nargs="+", default=[1.5, 2.0, 3.0], help="CFG scales, each > 1")
+    shape.add_argument("--control-scale", type=float, default=2.0, help="CFG scale against the empty prompt")
+    shape.add_argument("--num-prompts", type=int, default=480, help="development prompts (seed --seed)")
+    shape.add_argument("--seed", type=int, default=777)
     for command in (word, probe, stochastic):
         command.add_argument("--pag-scale", type=float, default=3.0, help="0: no guidance")
         command.add_argument("--pag-layers", type=int, nargs="+", default=[1])
-    for command in (flow, word, probe, stochastic, verify, failures):
+    for command in (flow, word, probe, stochastic, verify, failures, shape):
         command.add_argument("models", nargs="+", help="HYDRA folders")
         command.add_argument("--json", help="also write the results as JSON here")
     args = parser.parse_args(argv)
@@ -408,11 +460,13 @@ def main(argv: list[str] | None = None) -> None:
         flow.error(f"--times must lie in [0, 1], got {args.times}")
     if args.command == "word-probe" and any(not 0 <= step < args.num_inference_steps for step in args.steps):
         probe.error(f"--steps must lie in [0, {args.num_inference_steps}), got {args.steps}")
+    if args.command == "shape-guidance" and any(scale <= 1 for scale in [*args.scales, args.control_scale]):
+        shape.error(f"guidance scales must exceed 1 (1 is the baseline), got {args.scales} and {args.control_scale}")
     if args.command == "self-verify" and (args.candidates < 2 or args.num_prompts < 1):
         verify.error(f"expected --candidates >= 2 and --num-prompts >= 1, got {args.candidates} and {args.num_prompts}")
     tables = {"flow-loss": flow_loss_table, "word-effect": word_effect_table, "word-probe": word_probe_table,
               "stochastic-steps": stochastic_steps_table, "self-verify": self_verify_table,
-              "failures": failures_table}
+              "failures": failures_table, "shape-guidance": shape_guidance_table}
     results = tables[args.command](args)
     if args.json:
         with open(args.json, "w") as handle:

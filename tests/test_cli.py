@@ -6,7 +6,8 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from PIL import Image
 
 from hydra_hf import cli
-from hydra_hf.evaluation.shapes_eval import evaluate_shapes
+from hydra_hf.data.shapes import generation_scenes, prompt_spec_for
+from hydra_hf.evaluation.shapes_eval import evaluate_shapes, generate_for_specs
 from hydra_hf.pipelines import HydraPipeline
 
 from .utils import save_tiny_hydra
@@ -124,6 +125,23 @@ def test_evaluation_is_deterministic(model_dir):
     first = evaluate_shapes(pipe, num_scenes=3, batch_size=3, num_inference_steps=2, parts=("reconstruction", "vqa"))
     again = evaluate_shapes(pipe, num_scenes=3, batch_size=3, num_inference_steps=2, parts=("reconstruction", "vqa"))
     assert first.to_dict() == again.to_dict() and first.generation == {}
+
+
+def test_generation_guides_each_batch_against_its_prompts_own_negatives(model_dir, monkeypatch):
+    pipe = HydraPipeline.from_pretrained(model_dir)
+    specs = [prompt_spec_for(scene) for scene in generation_scenes(3, seed=5)]
+    calls = []
+
+    def record(self, prompts, negative_prompt=None, **kwargs):
+        calls.append((prompts, negative_prompt))
+        return ImagePipelineOutput(images=[Image.new("RGB", (32, 32), "white")] * len(prompts))
+
+    monkeypatch.setattr(HydraPipeline, "__call__", record)
+    generate_for_specs(pipe, specs, batch_size=2, negative_prompts=["n0", "n1", "n2"])
+    assert calls == [([specs[0].prompt, specs[1].prompt], ["n0", "n1"]), ([specs[2].prompt], ["n2"])]
+    calls.clear()
+    generate_for_specs(pipe, specs, batch_size=2)
+    assert [negative for _, negative in calls] == [None, None]  # the pipeline's default, the empty prompt
 
 
 def test_editing_scores_edits_of_each_prompts_own_reference_scene(model_dir, monkeypatch):

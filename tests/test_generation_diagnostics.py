@@ -154,3 +154,22 @@ def test_failures_table_splits_each_category_into_satisfied_and_reasons(diagnost
     assert list(table) == ["single_object", "two_objects", "counting", "colors", "position", "color_attribution"]
     for shares in table.values():
         assert list(shares) == ["satisfied", *diagnostics.FAILURE_REASONS] and sum(shares.values()) == pytest.approx(1)
+
+
+def test_shape_rotated_moves_every_shape_word_to_the_next_one(diagnostics):
+    assert diagnostics.shape_rotated("a red circle left of a blue triangle") == "a red square left of a blue circle"
+    assert diagnostics.shape_rotated("three yellow squares") == "three yellow triangles"
+    assert diagnostics.shape_rotated("a green circle and a green square") == "a green square and a green triangle"
+
+
+def test_shape_guidance_pairs_every_setting_with_the_defaults(diagnostics, model_dir, tmp_path):
+    output = tmp_path / "shape-guidance.json"
+    run(diagnostics, "shape-guidance", model_dir, "--num-prompts", 6, "--scales", 3, "--json", output)
+    rows = json.loads(output.read_text())[str(model_dir)]
+    assert list(rows) == ["defaults", "CFG 2.0 against the empty prompt", "CFG 3.0 against rotated shapes"]
+    assert rows["defaults"]["paired_difference"] == [0.0, 0.0]
+    for row in rows.values():
+        satisfied = [float(value) for values in row["outcomes"].values() for value in values]
+        assert len(satisfied) == 6 and 0 <= row["scores"]["overall"] <= 1
+    with pytest.raises(SystemExit):
+        run(diagnostics, "shape-guidance", model_dir, "--scales", 1)

@@ -185,15 +185,18 @@ def generate_for_specs(
     pag_scale: float | None = None,
     pag_applied_layers: list[int] | None = None,
     guidance_interval: tuple[float, float] | None = None,
+    negative_prompts: list[str] | None = None,
 ) -> list:
     """One seeded image per prompt spec (image i uses seed `seed + i`, whatever the batch size); with `references`
-    (one image per spec), edits of them at `strength` instead. Guidance left as None is the model's default."""
+    (one image per spec), edits of them at `strength` instead; with `negative_prompts` (one per spec), classifier-free
+    guidance against them instead of the empty prompt. Guidance left as None is the model's default."""
     images = []
     for start in tqdm(range(0, len(specs), batch_size), desc="generation", leave=False):
         batch = specs[start : start + batch_size]
         generators = [torch.Generator(pipe.device).manual_seed(seed + start + i) for i in range(len(batch))]
         edit = {} if references is None else {"image": references[start : start + batch_size], "strength": strength}
-        images += pipe([spec.prompt for spec in batch], num_inference_steps=num_inference_steps,
-                       guidance_scale=guidance_scale, pag_scale=pag_scale, pag_applied_layers=pag_applied_layers,
-                       guidance_interval=guidance_interval, generator=generators, **edit).images
+        negative = None if negative_prompts is None else negative_prompts[start : start + batch_size]
+        images += pipe([spec.prompt for spec in batch], negative_prompt=negative, generator=generators,
+                       num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, pag_scale=pag_scale,
+                       pag_applied_layers=pag_applied_layers, guidance_interval=guidance_interval, **edit).images
     return images
