@@ -1,5 +1,7 @@
 """HydraImageProcessor, HydraProcessor and the word-level tokenizer, offline."""
 
+import json
+
 import numpy as np
 import PIL.Image
 import pytest
@@ -207,16 +209,22 @@ def test_batches_are_padded_on_the_left(processor, tokenizer):
 
 
 def test_left_padding_survives_a_tokenizer_saved_after_right_padding(tmp_path, tokenizer):
-    # Training pads on the right; the fast tokenizer keeps the last call's padding in the tokenizer.json that the
-    # Trainer then saves, and a reloaded tokenizer defaults to it. Batched generation must still pad on the left.
+    # Training pads on the right, and a fast tokenizer keeps its last call's padding in the tokenizer.json it saves;
+    # a reloaded tokenizer defaults to it. The processor saves without it, and pads generation batches on the left
+    # even with a tokenizer saved on its own.
     processor = HydraProcessor(HydraImageProcessor(patch_size=8), tokenizer)
     processor(text=["a red circle", "yes"], padding_side="right")
-    processor.save_pretrained(tmp_path)
-    reloaded = HydraProcessor.from_pretrained(tmp_path)
-    assert reloaded.tokenizer.padding_side == "right"  # what the saved file says, for a plain tokenizer call
-    inputs = reloaded(text=["a red circle", "yes"])
-    assert inputs.attention_mask[1].tolist() == [0, 0, 1]
-    assert reloaded(text=["a red circle", "yes"], padding_side="right").attention_mask[1].tolist() == [1, 0, 0]
+    tokenizer.save_pretrained(tmp_path / "alone")
+    assert json.loads((tmp_path / "alone" / "tokenizer.json").read_text())["padding"]["direction"] == "Right"
+    processor.save_pretrained(tmp_path / "processor")
+    assert json.loads((tmp_path / "processor" / "tokenizer.json").read_text())["padding"] is None
+    alone = HydraProcessor(HydraImageProcessor(patch_size=8), type(tokenizer).from_pretrained(tmp_path / "alone"))
+    for reloaded in (HydraProcessor.from_pretrained(tmp_path / "processor"), alone):
+        assert reloaded(text=["a red circle", "yes"]).attention_mask[1].tolist() == [0, 0, 1]
+        assert reloaded(text=["a red circle", "yes"], padding_side="right").attention_mask[1].tolist() == [1, 0, 0]
+    # the processor's own calls still pad and truncate after saving
+    assert processor(text=["a red circle", "yes"], padding_side="right").attention_mask[1].tolist() == [1, 0, 0]
+
 
 def test_special_tokens_come_from_the_tokenizer(processor, tokenizer):
     assert (processor.image_token, processor.boi_token, processor.eoi_token) == (

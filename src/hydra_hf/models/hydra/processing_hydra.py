@@ -122,7 +122,7 @@ class HydraProcessor(ProcessorMixin):
         if text is None and images is None:
             raise ValueError("HydraProcessor needs `text`, `images` or both.")
         # Generation needs the left padding of `text_kwargs`, but a tokenizer's own default would override it: a
-        # fast tokenizer keeps the padding of its last call in the tokenizer.json it saves (training pads right).
+        # fast tokenizer saved on its own after a right-padded call keeps that padding (`save_pretrained` below).
         kwargs.setdefault("padding_side", "left")
         output_kwargs = self._merge_kwargs(
             HydraProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs
@@ -158,6 +158,16 @@ class HydraProcessor(ProcessorMixin):
             data.update(self.tokenizer(texts, **output_kwargs["text_kwargs"]))
 
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """As `ProcessorMixin.save_pretrained`, but the tokenizer.json written carries no padding or truncation: a fast
+        tokenizer keeps its last call's (training pads right) and would save them as its own defaults. Every call sets
+        the ones it asks for again, so nothing is lost."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            backend.no_padding()
+            backend.no_truncation()
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def build_generation_prompt(self, prompt: str | list[str], target_image: bool = False) -> str | list[str]:
         """
