@@ -142,6 +142,8 @@ def test_generation_guides_each_batch_against_its_prompts_own_negatives(model_di
     calls.clear()
     generate_for_specs(pipe, specs, batch_size=2)
     assert [negative for _, negative in calls] == [None, None]  # the pipeline's default, the empty prompt
+    with pytest.raises(ValueError, match="one of `negative_prompts` per prompt spec"):
+        generate_for_specs(pipe, specs, negative_prompts=["n0"])
 
 
 def test_editing_scores_edits_of_each_prompts_own_reference_scene(model_dir, monkeypatch):

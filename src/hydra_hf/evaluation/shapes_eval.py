@@ -190,6 +190,9 @@ def generate_for_specs(
     """One seeded image per prompt spec (image i uses seed `seed + i`, whatever the batch size); with `references`
     (one image per spec), edits of them at `strength` instead; with `negative_prompts` (one per spec), classifier-free
     guidance against them instead of the empty prompt. Guidance left as None is the model's default."""
+    for name, per_spec in (("references", references), ("negative_prompts", negative_prompts)):
+        if per_spec is not None and len(per_spec) != len(specs):
+            raise ValueError(f"expected one of `{name}` per prompt spec ({len(specs)}), got {len(per_spec)}")
     images = []
     for start in tqdm(range(0, len(specs), batch_size), desc="generation", leave=False):
         batch = specs[start : start + batch_size]
