@@ -44,6 +44,7 @@ from hydra_hf import (
     HydraTokModel,
 )
 from hydra_hf.data import HELD_OUT_COLORS, PALETTE, SHAPES, make_shapes_dataset
+from hydra_hf.data.shapes import DATASET_CATEGORIES
 from hydra_hf.data.text_tokenizer import train_word_tokenizer
 from hydra_hf.training import (
     HydraCollator,
@@ -352,6 +353,11 @@ def main() -> None:
              "development GenEval-style 0.365 against 0.342 on seed 0's, the same stage II losses: twenty-first round)",
     )
     parser.add_argument(
+        "--train_categories", nargs="+", choices=DATASET_CATEGORIES, default=None,
+        help="with --start_from: train the further cycles on scenes of these categories only (default: every "
+             "category in turn), to see what the model learns given one kind of scene",
+    )
+    parser.add_argument(
         "--repa_weight", type=float, default=0.0,
         help="REPA in the unified stages (HydraConfig.repa_weight; 0.5 raised held-out GenEval-style from 0.236 to "
              "0.288 but left about 19 specks per image: sixth to eighth rounds)",
@@ -432,13 +438,16 @@ def main() -> None:
             parser.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     if IMAGE_SIZE % args.patch_size:
         parser.error(f"--patch_size must divide the {IMAGE_SIZE} px canvas, got {args.patch_size}")
+    if args.train_categories is not None and args.start_from is None:
+        parser.error("--train_categories needs --start_from: the first stages train on every category")
     if not 0.0 <= args.generation_ratio <= 1.0:
         parser.error(f"--generation_ratio must be in [0, 1], got {args.generation_ratio}")
     if args.llm_hidden_size % LLM_HEAD_DIM:
         parser.error(f"--llm_hidden_size must be a multiple of {LLM_HEAD_DIM}, got {args.llm_hidden_size}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     pretrain_scenes = args.num_pretrain_scenes if args.start_from is None else 0
-    dataset = make_shapes_dataset(max(args.num_scenes, pretrain_scenes), seed=args.data_seed)
+    dataset = make_shapes_dataset(max(args.num_scenes, pretrain_scenes), seed=args.data_seed,
+                                  categories=args.train_categories)
     pretrain_dataset = dataset.select(range(pretrain_scenes))
     dataset = dataset.select(range(args.num_scenes))
     llm_size = {**LLM, "hidden_size": args.llm_hidden_size, "num_hidden_layers": args.llm_num_layers}
@@ -470,6 +479,8 @@ def main() -> None:
                 "unified_seed")
         recipe = {"start_from": str(args.start_from), "start_recipe": json.loads(earlier.read_text()) if earlier.is_file() else None,
                   **{key: recipe[key] for key in kept}}
+        if args.train_categories is not None:
+            recipe["train_categories"] = args.train_categories
     (final / "training_recipe.json").write_text(json.dumps(recipe, indent=2))
     logger.info(f"done: {final}")
 

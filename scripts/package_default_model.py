@@ -66,7 +66,8 @@ def recipe_command(recipe: dict, work_dir: str = "DIR") -> str:
             else:
                 llm = step.get("llm", {})
                 flags.update(llm_hidden_size=llm.get("hidden_size"), llm_num_layers=llm.get("num_hidden_layers"))
-            given = " ".join(f"--{name} {value}" for name, value in flags.items() if value is not None)
+            given = " ".join(f"--{name} {' '.join(map(str, value)) if isinstance(value, list) else value}"
+                             for name, value in flags.items() if value is not None)
             commands.append(f"python examples/train_hydra_tiny_shapes.py --work_dir {work_dir} {given}")
         trained[signature] = work_dir
         return work_dir

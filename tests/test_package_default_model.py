@@ -49,6 +49,8 @@ def test_a_continued_recipe_gives_its_start_command_then_its_own():
     assert set(re.findall(r"--(\w+)", then)) <= training_script_flags()
     assert packager.first_recipe({**continued, "start_recipe": continued}) is start
     assert packager.recipe_command({**continued, "start_recipe": None}) == then  # a start without a recipe of its own
+    specialised = packager.recipe_command({**continued, "train_categories": ["single_object", "colors"]})
+    assert specialised.endswith("--unified_seed 2 --train_categories single_object colors")
 
 
 def test_an_averaged_recipe_trains_each_shared_start_once_then_averages():
@@ -119,3 +121,5 @@ def test_training_further_refuses_flags_that_the_start_has_fixed(tmp_path):
     assert result.returncode == 2
     assert "--latent_channels, --llm_seed shape the model or its first stages" in result.stderr
     assert not (tmp_path / "run").exists()
+    result = subprocess.run([*command[:4], "--train_categories", "colors"], capture_output=True, text=True)
+    assert result.returncode == 2 and "--train_categories needs --start_from" in result.stderr
