@@ -353,9 +353,11 @@ def main() -> None:
              "development GenEval-style 0.365 against 0.342 on seed 0's, the same stage II losses: twenty-first round)",
     )
     parser.add_argument(
-        "--train_categories", nargs="+", choices=DATASET_CATEGORIES, default=None,
-        help="with --start_from: train the further cycles on scenes of these categories only (default: every "
-             "category in turn), to see what the model learns given one kind of scene",
+        "--train_categories", nargs="+", choices=DATASET_CATEGORIES, default=None, metavar="CATEGORY",
+        help=f"with --start_from: train the further cycles on scenes of these categories only "
+             f"({', '.join(DATASET_CATEGORIES)}; default: every category in turn), to see what the model learns "
+             "given one kind of scene (single_object colors at generation ratio 1.0, scale 0.5: cleaner shapes, but "
+             "development single object 0.62 against 0.71: twenty-fifth round)",
     )
     parser.add_argument(
         "--repa_weight", type=float, default=0.0,
