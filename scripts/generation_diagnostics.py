@@ -7,6 +7,7 @@
     python scripts/generation_diagnostics.py self-verify outputs/a/final [--num-prompts 120 --candidates 4]
     python scripts/generation_diagnostics.py failures outputs/a/final [--num-prompts 480]
     python scripts/generation_diagnostics.py shape-guidance outputs/a/final [--scales 1.5 2 3]
+    python scripts/generation_diagnostics.py word-classifier outputs/a/final [--num-scenes 120 --times 0.3 0.5 0.7 0.9]
 
 flow-loss: held-out flow-matching loss at fixed flow times (1 = noise), with the caption and with the empty prompt
 (their difference is how much the velocity uses the prompt). Training logs one loss averaged over sampled times,
@@ -54,6 +55,12 @@ what tells the shapes apart rather than the whole prompt; with the checkpoint's 
 value it prints the development scores (480 prompts of seed 777, the images `eval shapes --seed 777` draws at the
 checkpoint's defaults being the baseline) and the paired difference of the overall against the baseline with its
 standard error; the control is the same scale against the empty prompt (--control-scale).
+
+word-classifier: whether the velocity depends on the shape word when the image is real. For rendered one-object
+scenes ("a blue circle", seed 777) noised to each flow time, the model as a diffusion classifier picks the prompt
+whose flow loss is lowest among the caption with each shape word (chance 1/3), and, as the control, among the caption
+with each palette colour (chance 1/6), with the same noise for every candidate. A model whose velocity follows the
+shape word picks the true shape; sampling can still go wrong, but not for want of the word.
 """
 
 import argparse
@@ -421,6 +428,36 @@ def shape_guidance_table(args) -> dict:
     return results
 
 
+def word_classifier_accuracy(pipe, scenes, kind: str, time: float) -> float:
+    """How often the diffusion classifier at `time` names the `kind` ("shape" or "color") of one-object `scenes`:
+    among captions that differ in that word only, the one whose flow loss is lowest (`prompt_flow_gain`: the same
+    noise for every candidate)."""
+    candidates = list(SHAPES) if kind == "shape" else list(PALETTE)
+    other = "color" if kind == "shape" else "shape"
+    objects = [scene_objects[0] for scene_objects in scenes["objects"]]
+    right = 0
+    for kept in sorted({obj[other] for obj in objects}):  # scenes sharing the other word share their candidates
+        chosen = [index for index, obj in enumerate(objects) if obj[other] == kept]
+        images = [scenes[index]["image"] for index in chosen]
+        prompts = [f"a {kept} {word}" if kind == "shape" else f"a {word} {kept}" for word in candidates]
+        gains = np.stack([prompt_flow_gain(pipe, prompt, images, (time,)) for prompt in prompts])
+        right += sum(candidates[pick] == objects[index][kind] for pick, index in zip(gains.argmax(axis=0), chosen))
+    return right / len(objects)
+
+
+def word_classifier_table(args) -> dict:
+    scenes = make_shapes_dataset(args.num_scenes, seed=args.seed, categories=("colors",))
+    results = {}
+    for path in args.models:
+        pipe = HydraPipeline.from_pretrained(path)
+        results[path] = table = {}
+        for time in args.times:
+            table[str(time)] = row = {kind: word_classifier_accuracy(pipe, scenes, kind, time) for kind in ("shape", "color")}
+            print(f"{path} | t={time} | shape picked right: {row['shape']:.3f} (chance {1 / len(SHAPES):.3f}) | "
+                  f"colour picked right: {row['color']:.3f} (chance {1 / len(PALETTE):.3f})", flush=True)
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -449,15 +486,19 @@ def main(argv: list[str] | None = None) -> None:
     shape.add_argument("--control-scale", type=float, default=2.0, help="CFG scale against the empty prompt")
     shape.add_argument("--num-prompts", type=int, default=480, help="development prompts (seed --seed)")
     shape.add_argument("--seed", type=int, default=777)
+    classifier = commands.add_parser("word-classifier", help="does the velocity on real scenes follow the shape word")
+    classifier.add_argument("--num-scenes", type=int, default=120, help="one-object scenes (seed --seed)")
+    classifier.add_argument("--times", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.9])
+    classifier.add_argument("--seed", type=int, default=777)
     for command in (word, probe, stochastic):
         command.add_argument("--pag-scale", type=float, default=3.0, help="0: no guidance")
         command.add_argument("--pag-layers", type=int, nargs="+", default=[1])
-    for command in (flow, word, probe, stochastic, verify, failures, shape):
+    for command in (flow, word, probe, stochastic, verify, failures, shape, classifier):
         command.add_argument("models", nargs="+", help="HYDRA folders")
         command.add_argument("--json", help="also write the results as JSON here")
     args = parser.parse_args(argv)
-    if args.command == "flow-loss" and any(not 0 <= time <= 1 for time in args.times):
-        flow.error(f"--times must lie in [0, 1], got {args.times}")
+    if args.command in ("flow-loss", "word-classifier") and any(not 0 <= time <= 1 for time in args.times):
+        parser.error(f"--times must lie in [0, 1], got {args.times}")
     if args.command == "word-probe" and any(not 0 <= step < args.num_inference_steps for step in args.steps):
         probe.error(f"--steps must lie in [0, {args.num_inference_steps}), got {args.steps}")
     if args.command == "shape-guidance" and any(scale <= 1 for scale in [*args.scales, args.control_scale]):
@@ -466,7 +507,8 @@ def main(argv: list[str] | None = None) -> None:
         verify.error(f"expected --candidates >= 2 and --num-prompts >= 1, got {args.candidates} and {args.num_prompts}")
     tables = {"flow-loss": flow_loss_table, "word-effect": word_effect_table, "word-probe": word_probe_table,
               "stochastic-steps": stochastic_steps_table, "self-verify": self_verify_table,
-              "failures": failures_table, "shape-guidance": shape_guidance_table}
+              "failures": failures_table, "shape-guidance": shape_guidance_table,
+              "word-classifier": word_classifier_table}
     results = tables[args.command](args)
     if args.json:
         with open(args.json, "w") as handle:

@@ -173,3 +173,27 @@ def test_shape_guidance_pairs_every_setting_with_the_defaults(diagnostics, model
         assert len(satisfied) == 6 and 0 <= row["scores"]["overall"] <= 1
     with pytest.raises(SystemExit):
         run(diagnostics, "shape-guidance", model_dir, "--scales", 1)
+
+
+def test_word_classifier_picks_the_candidate_with_the_largest_gain(diagnostics, monkeypatch):
+    from hydra_hf.data import make_shapes_dataset
+
+    scenes = make_shapes_dataset(12, seed=777, categories=("colors",))
+    objects = [scene_objects[0] for scene_objects in scenes["objects"]]
+    # a classifier that always prefers circles, and blue: it is right on exactly the circles and the blue scenes
+    monkeypatch.setattr(diagnostics, "prompt_flow_gain", lambda pipe, prompt, images, times: np.full(
+        len(images), float(prompt.endswith("circle")) + float(prompt.startswith("a blue"))))
+    shapes = [obj["shape"] for obj in objects]
+    colors = [obj["color"] for obj in objects]
+    assert diagnostics.word_classifier_accuracy(None, scenes, "shape", 0.5) == shapes.count("circle") / 12
+    assert diagnostics.word_classifier_accuracy(None, scenes, "color", 0.5) == colors.count("blue") / 12
+
+
+def test_word_classifier_table_scores_shape_and_colour_at_each_time(diagnostics, model_dir, tmp_path):
+    output = tmp_path / "classifier.json"
+    run(diagnostics, "word-classifier", model_dir, "--num-scenes", 6, "--times", 0.3, 0.9, "--json", output)
+    table = json.loads(output.read_text())[str(model_dir)]
+    assert list(table) == ["0.3", "0.9"]
+    assert all(set(row) == {"shape", "color"} and all(0 <= value <= 1 for value in row.values()) for row in table.values())
+    with pytest.raises(SystemExit):
+        run(diagnostics, "word-classifier", model_dir, "--times", 1.5)
