@@ -452,7 +452,8 @@ def word_classifier_table(args) -> dict:
         pipe = HydraPipeline.from_pretrained(path)
         results[path] = table = {}
         for time in args.times:
-            table[str(time)] = row = {kind: word_classifier_accuracy(pipe, scenes, kind, time) for kind in ("shape", "color")}
+            row = {kind: word_classifier_accuracy(pipe, scenes, kind, time) for kind in ("shape", "color")}
+            table[str(time)] = row
             print(f"{path} | t={time} | shape picked right: {row['shape']:.3f} (chance {1 / len(SHAPES):.3f}) | "
                   f"colour picked right: {row['color']:.3f} (chance {1 / len(PALETTE):.3f})", flush=True)
     return results

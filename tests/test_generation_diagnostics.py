@@ -194,6 +194,7 @@ def test_word_classifier_table_scores_shape_and_colour_at_each_time(diagnostics,
     run(diagnostics, "word-classifier", model_dir, "--num-scenes", 6, "--times", 0.3, 0.9, "--json", output)
     table = json.loads(output.read_text())[str(model_dir)]
     assert list(table) == ["0.3", "0.9"]
-    assert all(set(row) == {"shape", "color"} and all(0 <= value <= 1 for value in row.values()) for row in table.values())
+    for row in table.values():
+        assert set(row) == {"shape", "color"} and all(0 <= value <= 1 for value in row.values())
     with pytest.raises(SystemExit):
         run(diagnostics, "word-classifier", model_dir, "--times", 1.5)
