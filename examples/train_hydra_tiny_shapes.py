@@ -357,7 +357,7 @@ def main() -> None:
         help=f"with --start_from: train the further cycles on scenes of these categories only "
              f"({', '.join(DATASET_CATEGORIES)}; default: every category in turn), to see what the model learns "
              "given one kind of scene (single_object colors at generation ratio 1.0, scale 0.5: cleaner shapes, but "
-             "development single object 0.62 against 0.71: twenty-fifth round)",
+             "development single object 0.61 / 0.63 against 0.71: twenty-fifth round)",
     )
     parser.add_argument(
         "--repa_weight", type=float, default=0.0,
