@@ -298,24 +298,33 @@ def answer_log_likelihoods(model, processor, images: list, pairs: list[tuple[str
 
 
 @torch.no_grad()
-def prompt_flow_gain(pipe, prompt: str, images: list, times=(0.3, 0.5, 0.7, 0.9), draws: int = 2) -> np.ndarray:
-    """Per image, the flow loss of its latent with the empty prompt minus with `prompt` (a diffusion classifier's
-    evidence for the prompt), summed over `times` and `draws` noise draws shared by all images."""
+def prompt_flow_losses(
+    pipe, prompts: list[str], images: list, times=(0.3, 0.5, 0.7, 0.9), draws: int = 2
+) -> np.ndarray:
+    """`[len(prompts), len(images)]`: each image's flow loss with each prompt, summed over `times` and `draws` noise
+    draws, the noise shared by every image and prompt, so that the prompts compare on each image."""
     model = pipe.model
     pixels = pipe.processor.image_processor(images, return_tensors="pt")["pixel_values"]
     clean = model.vision_model.normalize_latents(model.model.image_latents(pixels))
-    prompts = pipe.processor(text=pipe.processor.build_generation_prompt(["", prompt]))
-    generator, gain = torch.Generator().manual_seed(0), np.zeros(len(images))
+    tokens = pipe.processor(text=pipe.processor.build_generation_prompt(prompts))
+    generator, losses = torch.Generator().manual_seed(0), np.zeros((len(prompts), len(images)))
     for time in times:
         for _ in range(draws):
             noise = torch.randn(clean.shape[1:], generator=generator).expand_as(clean)
             noisy = flow_matching.interpolate(clean, noise, torch.full((len(images),), time))
             target = flow_matching.velocity_target(clean, noise)
-            for row, sign in ((0, 1.0), (1, -1.0)):
-                velocity = model.flow_velocity(noisy, time, input_ids=prompts["input_ids"][row : row + 1].expand(len(images), -1),
-                                               attention_mask=prompts["attention_mask"][row : row + 1].expand(len(images), -1))
-                gain += sign * (velocity - target).square().mean(dim=(1, 2, 3)).numpy()
-    return gain
+            for row, (ids, mask) in enumerate(zip(tokens["input_ids"], tokens["attention_mask"])):
+                velocity = model.flow_velocity(noisy, time, input_ids=ids.expand(len(images), -1),
+                                               attention_mask=mask.expand(len(images), -1))
+                losses[row] += (velocity - target).square().mean(dim=(1, 2, 3)).numpy()
+    return losses
+
+
+def prompt_flow_gain(pipe, prompt: str, images: list, times=(0.3, 0.5, 0.7, 0.9), draws: int = 2) -> np.ndarray:
+    """Per image, the flow loss of its latent with the empty prompt minus with `prompt` (a diffusion classifier's
+    evidence for the prompt)."""
+    empty, prompted = prompt_flow_losses(pipe, ["", prompt], images, times, draws)
+    return empty - prompted
 
 
 def geneval_overall(specs: list[PromptSpec], values) -> float:
@@ -430,7 +439,7 @@ def shape_guidance_table(args) -> dict:
 
 def word_classifier_accuracy(pipe, scenes, kind: str, time: float) -> float:
     """How often the diffusion classifier at `time` names the `kind` ("shape" or "color") of one-object `scenes`:
-    among captions that differ in that word only, the one whose flow loss is lowest (`prompt_flow_gain`: the same
+    among captions that differ in that word only, the one whose flow loss is lowest (`prompt_flow_losses`: the same
     noise for every candidate)."""
     candidates = list(SHAPES) if kind == "shape" else list(PALETTE)
     other = "color" if kind == "shape" else "shape"
@@ -440,8 +449,8 @@ def word_classifier_accuracy(pipe, scenes, kind: str, time: float) -> float:
         chosen = [index for index, obj in enumerate(objects) if obj[other] == kept]
         images = [scenes[index]["image"] for index in chosen]
         prompts = [f"a {kept} {word}" if kind == "shape" else f"a {word} {kept}" for word in candidates]
-        gains = np.stack([prompt_flow_gain(pipe, prompt, images, (time,)) for prompt in prompts])
-        right += sum(candidates[pick] == objects[index][kind] for pick, index in zip(gains.argmax(axis=0), chosen))
+        losses = prompt_flow_losses(pipe, prompts, images, (time,))
+        right += sum(candidates[pick] == objects[index][kind] for pick, index in zip(losses.argmin(axis=0), chosen))
     return right / len(objects)
 
 

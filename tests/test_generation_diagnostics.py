@@ -175,14 +175,14 @@ def test_shape_guidance_pairs_every_setting_with_the_defaults(diagnostics, model
         run(diagnostics, "shape-guidance", model_dir, "--scales", 1)
 
 
-def test_word_classifier_picks_the_candidate_with_the_largest_gain(diagnostics, monkeypatch):
+def test_word_classifier_picks_the_candidate_with_the_lowest_flow_loss(diagnostics, monkeypatch):
     from hydra_hf.data import make_shapes_dataset
 
     scenes = make_shapes_dataset(12, seed=777, categories=("colors",))
     objects = [scene_objects[0] for scene_objects in scenes["objects"]]
     # a classifier that always prefers circles, and blue: it is right on exactly the circles and the blue scenes
-    monkeypatch.setattr(diagnostics, "prompt_flow_gain", lambda pipe, prompt, images, times: np.full(
-        len(images), float(prompt.endswith("circle")) + float(prompt.startswith("a blue"))))
+    monkeypatch.setattr(diagnostics, "prompt_flow_losses", lambda pipe, prompts, images, times: np.array(
+        [[-float(prompt.endswith("circle")) - float(prompt.startswith("a blue"))] * len(images) for prompt in prompts]))
     shapes = [obj["shape"] for obj in objects]
     colors = [obj["color"] for obj in objects]
     assert diagnostics.word_classifier_accuracy(None, scenes, "shape", 0.5) == shapes.count("circle") / 12
