@@ -43,7 +43,7 @@ from hydra_hf import (
     HydraTokConfig,
     HydraTokModel,
 )
-from hydra_hf.data import HELD_OUT_COLORS, PALETTE, SHAPES, make_shapes_dataset
+from hydra_hf.data import HELD_OUT_COLORS, PALETTE, SHAPES, make_shapes_dataset, rotate_shape_words
 from hydra_hf.data.shapes import DATASET_CATEGORIES
 from hydra_hf.data.text_tokenizer import train_word_tokenizer
 from hydra_hf.training import (
@@ -265,17 +265,21 @@ def assemble(
 
 def train_unified(
     work_dir: Path, dataset, start: Path, stage: str, scale: float, generation_ratio: float, cycle: int = 1,
-    ema_decay: float | None = None, seed: int = TRAIN_SEED,
+    ema_decay: float | None = None, seed: int = TRAIN_SEED, prompt_contrast_weight: float = 0.0,
 ) -> Path:
-    """One unified stage from `start`; cycle 2, 3, ... repeat a stage from the previous cycle's result."""
+    """One unified stage from `start`; cycle 2, 3, ... repeat a stage from the previous cycle's result. With
+    `prompt_contrast_weight` > 0, half the generation rows also get a pair: their scene under its caption and under
+    the caption with its shape words rotated (`HydraConfig.prompt_contrast_weight`)."""
     name = f"unified_{stage}" if cycle == 1 else f"unified_{stage}_cycle{cycle}"
     output = work_dir / name / "final"
     if output.exists():
         return output
     model = HydraForConditionalGeneration.from_pretrained(start)
+    model.config.prompt_contrast_weight = prompt_contrast_weight
     processor = HydraProcessor.from_pretrained(start)
     collator = HydraCollator(processor, generation_ratio=generation_ratio, cfg_dropout_prob=model.config.cfg_dropout_prob,
-                             caption_prompt=CAPTION_PROMPT, seed=seed)
+                             caption_prompt=CAPTION_PROMPT, seed=seed,
+                             negative_caption=rotate_shape_words if prompt_contrast_weight > 0 else None)
     args = training_args(work_dir, f"unified_{stage}", scale, output_dir=str(work_dir / name), seed=seed)
     trainer = HydraTrainer(model, args, stage=stage, train_dataset=dataset,
                            data_collator=collator, processing_class=processor, ema_decay=ema_decay)
@@ -358,6 +362,12 @@ def main() -> None:
              f"({', '.join(DATASET_CATEGORIES)}; default: every category in turn), to see what the model learns "
              "given one kind of scene (single_object colors at generation ratio 1.0, scale 0.5: cleaner shapes, but "
              "development single object 0.61 / 0.63 against 0.71: twenty-fifth round)",
+    )
+    parser.add_argument(
+        "--prompt_contrast_weight", type=float, default=0.0,
+        help="weight of the prompt-contrastive flow term in the unified stages (HydraConfig.prompt_contrast_weight): "
+             "half the generation rows also train the model, as a diffusion classifier at flow times in [0.6, 1], to "
+             "fit its scene's caption better than the caption with the shape words rotated",
     )
     parser.add_argument(
         "--repa_weight", type=float, default=0.0,
@@ -453,7 +463,9 @@ def main() -> None:
     pretrain_dataset = dataset.select(range(pretrain_scenes))
     dataset = dataset.select(range(args.num_scenes))
     llm_size = {**LLM, "hidden_size": args.llm_hidden_size, "num_hidden_layers": args.llm_num_layers}
-    unified = dict(ema_decay=args.ema_decay, seed=args.unified_seed)
+    if args.prompt_contrast_weight < 0:
+        parser.error(f"--prompt_contrast_weight must be >= 0, got {args.prompt_contrast_weight}")
+    unified = dict(ema_decay=args.ema_decay, seed=args.unified_seed, prompt_contrast_weight=args.prompt_contrast_weight)
     if args.start_from is None:
         current = first_stages(parser, args, pretrain_dataset, llm_size)
         current = train_unified(args.work_dir, dataset, current, "I", args.scale, 0.5, **unified)
@@ -474,11 +486,12 @@ def main() -> None:
               "timestep_logit_mean": args.timestep_logit_mean, "timestep_logit_std": args.timestep_logit_std,
               "llm": llm_size, "latent_channels": args.latent_channels, "patch_size": args.patch_size,
               "flow_head_hidden_size": args.flow_head_hidden_size, "seed": TRAIN_SEED, "data_seed": args.data_seed,
-              "llm_seed": args.llm_seed, "unified_seed": args.unified_seed}
+              "llm_seed": args.llm_seed, "unified_seed": args.unified_seed,
+              "prompt_contrast_weight": args.prompt_contrast_weight}
     if args.start_from is not None:  # the model's shape and first stages are the start's: keep its own recipe
         earlier = args.start_from / "training_recipe.json"
         kept = ("stages", "scale", "scenes", "stage_ii_cycles", "generation_ratio", "ema_decay", "seed", "data_seed",
-                "unified_seed")
+                "unified_seed", "prompt_contrast_weight")
         recipe = {"start_from": str(args.start_from), "start_recipe": json.loads(earlier.read_text()) if earlier.is_file() else None,
                   **{key: recipe[key] for key in kept}}
         if args.train_categories is not None:

@@ -66,14 +66,13 @@ shape word picks the true shape; sampling can still go wrong, but not for want o
 import argparse
 import itertools
 import json
-import re
 
 import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from hydra_hf import HydraForConditionalGeneration, HydraPipeline, HydraProcessor, flow_matching
-from hydra_hf.data import PALETTE, SHAPES, make_shapes_dataset
+from hydra_hf.data import PALETTE, SHAPES, make_shapes_dataset, rotate_shape_words
 from hydra_hf.data.shapes import GENERATION_CATEGORIES, PromptSpec, generation_scenes, prompt_spec_for
 from hydra_hf.evaluation.shapes import (
     detect_objects,
@@ -407,15 +406,9 @@ def failures_table(args) -> dict:
     return results
 
 
-def shape_rotated(prompt: str) -> str:
-    """The prompt with each shape word (singular or plural) replaced by the next one in `SHAPES`, cyclically."""
-    following = dict(zip(SHAPES, SHAPES[1:] + SHAPES[:1]))
-    return re.sub(r"\b(" + "|".join(SHAPES) + r")(s?)\b", lambda match: following[match[1]] + match[2], prompt)
-
-
 def shape_guidance_table(args) -> dict:
     specs = [prompt_spec_for(scene) for scene in generation_scenes(args.num_prompts, seed=args.seed)]
-    rotated = [shape_rotated(spec.prompt) for spec in specs]
+    rotated = [rotate_shape_words(spec.prompt) for spec in specs]
     settings = {"defaults": {},
                 f"CFG {args.control_scale} against the empty prompt": dict(guidance_scale=args.control_scale)}
     settings.update({f"CFG {scale} against rotated shapes": dict(guidance_scale=scale, negative_prompts=rotated)

@@ -156,12 +156,6 @@ def test_failures_table_splits_each_category_into_satisfied_and_reasons(diagnost
         assert list(shares) == ["satisfied", *diagnostics.FAILURE_REASONS] and sum(shares.values()) == pytest.approx(1)
 
 
-def test_shape_rotated_moves_every_shape_word_to_the_next_one(diagnostics):
-    assert diagnostics.shape_rotated("a red circle left of a blue triangle") == "a red square left of a blue circle"
-    assert diagnostics.shape_rotated("three yellow squares") == "three yellow triangles"
-    assert diagnostics.shape_rotated("a green circle and a green square") == "a green square and a green triangle"
-
-
 def test_shape_guidance_pairs_every_setting_with_the_defaults(diagnostics, model_dir, tmp_path):
     output = tmp_path / "shape-guidance.json"
     run(diagnostics, "shape-guidance", model_dir, "--num-prompts", 6, "--scales", 3, "--json", output)

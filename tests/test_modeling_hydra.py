@@ -321,6 +321,61 @@ def test_repa_aligns_a_middle_llm_layer_to_the_clean_images_sem_vit_features():
         tiny_config(repa_weight=0.5, repa_layer=7)
 
 
+def contrast_batch(processor: HydraProcessor, prompts: list[str]):
+    """One image per prompt, all of the same blue square, every one generated."""
+    texts = processor.build_generation_prompt(prompts, target_image=True)
+    inputs = processor(text=texts, images=[Image.new("RGB", (32, 32), (0, 0, 255))] * len(prompts))
+    return inputs, torch.ones(len(prompts), dtype=torch.bool)
+
+
+def test_a_prompt_contrast_pair_shares_noise_and_time_and_feeds_only_the_contrast_term():
+    model, processor = tiny_hydra(prompt_contrast_weight=0.5, prompt_contrast_min_time=0.7), tiny_processor()
+    # The same prompt twice: with shared noise and time the pair's two velocities, so its losses, are equal.
+    inputs, flags = contrast_batch(processor, ["a blue square", "a blue square"])
+    with torch.no_grad():
+        same = model(**inputs, image_generation_mask=flags, prompt_contrast_pairs=torch.tensor([[0, 1]]))
+    assert torch.equal(same.flow_prediction[0], same.flow_prediction[1]) and same.loss_flow is None
+    assert torch.allclose(same.loss_prompt_contrast, torch.log(torch.tensor(2.0)))
+    # A plain generated image keeps the flow loss to itself; the pair gives softplus(scale * log-loss gap).
+    inputs, flags = contrast_batch(processor, ["a red circle", "a blue square", "a blue circle"])
+    noise = torch.randn(3, 8, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = model(**inputs, image_generation_mask=flags, prompt_contrast_pairs=torch.tensor([[1, 2]]),
+                    timesteps=torch.tensor([0.3, 0.8, 0.1]), noise=noise)
+        clean = model.vision_model.normalize_latents(model.model.image_latents(inputs["pixel_values"][:1]))
+    target = (noise[:2] - clean).flatten(2).transpose(1, 2)  # the second image of the pair takes the first's noise
+    errors = (out.flow_prediction - target[[0, 1, 1]]).square().mean(dim=(1, 2))
+    assert torch.allclose(out.loss_flow, errors[0], atol=1e-6)
+    expected = torch.nn.functional.softplus(20.0 * (errors[1].log() - errors[2].log()))
+    assert torch.allclose(out.loss_prompt_contrast, expected, atol=1e-4)
+    assert torch.allclose(out.loss, out.loss_flow + 0.5 * out.loss_prompt_contrast)
+
+
+def test_prompt_contrast_training_teaches_the_velocity_which_prompt_is_true():
+    model, processor = tiny_hydra(flow_weight=0.0, prompt_contrast_weight=1.0).train(), tiny_processor()
+    inputs, flags = contrast_batch(processor, ["a blue square", "a red circle"] * 2)
+    pairs = torch.tensor([[0, 1], [2, 3]])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(15):
+        loss = model(**inputs, image_generation_mask=flags, prompt_contrast_pairs=pairs).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3
+
+
+def test_malformed_prompt_contrast_pairs_are_clear_errors():
+    model, processor = tiny_hydra(), tiny_processor()
+    inputs, flags = contrast_batch(processor, ["a blue square", "a red circle"])
+    for pairs in (torch.tensor([[0, 2]]), torch.tensor([[0, 0]]), torch.tensor([0, 1]), torch.tensor([[0.0, 1.0]])):
+        with pytest.raises(ValueError, match="prompt_contrast_pairs"):
+            model(**inputs, image_generation_mask=flags, prompt_contrast_pairs=pairs)
+    with pytest.raises(Exception, match="prompt_contrast_min_time"):  # huggingface_hub wraps the ValueError
+        tiny_config(prompt_contrast_min_time=1.0)
+
+
 def test_eager_and_sdpa_agree(tmp_path):
     tiny_hydra().save_pretrained(tmp_path)
     eager = HydraForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="eager").eval()

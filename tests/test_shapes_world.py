@@ -21,6 +21,7 @@ from hydra_hf.data import (
     OBJECT_MARGIN,
     PALETTE,
     QUESTION_TYPES,
+    SHAPES,
     PromptSpec,
     Scene,
     ShapeObject,
@@ -31,6 +32,7 @@ from hydra_hf.data import (
     make_shapes_dataset,
     question_for,
     relations_between,
+    rotate_shape_words,
     render_scene,
     sample_scene,
 )
@@ -234,6 +236,16 @@ def test_relations_are_judged_by_centres():
     assert relations_between((0, 0), (10, 10)) == {"left of", "above"}
     assert relations_between((0, 0), (10, 10), CLEAR_RELATION_MIN_COSINE) == set()
     assert relations_between((5, 5), (5, 5)) == set()
+
+
+def test_rotated_shape_words_contradict_every_caption_in_its_shapes_alone():
+    assert rotate_shape_words("a red circle left of a blue triangle") == "a red square left of a blue circle"
+    assert rotate_shape_words("three yellow squares") == "three yellow triangles"
+    assert rotate_shape_words("describe the image .") is None
+    for scene in make_shapes_dataset(30, seed=5):
+        rotated = rotate_shape_words(scene["caption"])
+        differing = [(a, b) for a, b in zip(scene["caption"].split(), rotated.split()) if a != b]
+        assert differing and all(a.rstrip("s,") in SHAPES and b.rstrip("s,") in SHAPES for a, b in differing)
 
 
 def test_invalid_requests_are_rejected():

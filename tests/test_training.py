@@ -217,6 +217,40 @@ def test_generation_rows_ratio_and_prompt_dropout():
     assert torch.equal(mixed["image_generation_mask"], again["image_generation_mask"])
 
 
+def test_prompt_contrast_pairs_append_each_scene_under_a_contradicting_caption():
+    processor = tiny_processor()
+    rows = [{"image": png_bytes((255, 0, 0)), "caption": "a red square", "question": "what color is the shape ?", "answer": "red"},
+            {"image": png_bytes((0, 0, 255)), "caption": "a blue circle", "question": "", "answer": ""},
+            {"image": png_bytes((0, 255, 0)), "caption": "describe the image .", "question": "", "answer": ""}] * 4
+    settings = dict(generation_ratio=0.5, cfg_dropout_prob=0.2, seed=1)
+    plain = HydraCollator(processor, **settings)(rows)
+    swapped = {"a red square": "a red circle", "a blue circle": "a blue square"}
+    contrast = HydraCollator(processor, **settings, negative_caption=swapped.get, prompt_contrast_ratio=1.0)(rows)
+    rows_before = len(plain["input_ids"])
+    # The batch without pairs is unchanged; the pairs come after it, one per generation row whose caption was kept
+    # and names a shape.
+    width = plain["input_ids"].shape[1]
+    assert torch.equal(contrast["input_ids"][:rows_before, :width], plain["input_ids"])
+    assert torch.equal(contrast["image_generation_mask"][:rows_before], plain["image_generation_mask"])
+    assert "prompt_contrast_pairs" not in plain
+    decode = lambda ids: processor.tokenizer.decode(ids[ids != processor.tokenizer.pad_token_id])  # noqa: E731
+    kept = [row for row in range(rows_before) if plain["image_generation_mask"][row]
+            and any(shape in decode(plain["input_ids"][row]) for shape in ("square", "circle"))]
+    pairs = contrast["prompt_contrast_pairs"]
+    assert 0 < len(kept) < int(plain["image_generation_mask"].sum()) and pairs.shape == (len(kept), 2)
+    generated = contrast["image_generation_mask"].nonzero().flatten()
+    for source, (true_index, contradicting_index) in zip(kept, pairs.tolist()):
+        true_row, contradicting_row = generated[true_index], generated[contradicting_index]
+        assert true_row >= rows_before and contradicting_row >= rows_before
+        assert decode(contrast["input_ids"][true_row]) == decode(plain["input_ids"][source])
+        caption = "a red square" if "square" in decode(plain["input_ids"][source]) else "a blue circle"
+        assert swapped[caption] in decode(contrast["input_ids"][contradicting_row])
+        assert torch.equal(contrast["pixel_values"][true_row], plain["pixel_values"][source])
+        assert torch.equal(contrast["pixel_values"][contradicting_row], plain["pixel_values"][source])
+    with pytest.raises(ValueError, match="prompt_contrast_ratio"):
+        HydraCollator(processor, negative_caption=swapped.get, prompt_contrast_ratio=1.5)
+
+
 # ------------------------------------------------------------------------------------------------------------ data
 def test_dataset_sources_folder_parquet_disk_and_streaming(tmp_path):
     folder = tmp_path / "images"

@@ -11,6 +11,7 @@ Example `i` of seed `s` depends only on `(s, i)`, never on how many examples are
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ __all__ = [
     "prompt_spec_for",
     "question_for",
     "relations_between",
+    "rotate_shape_words",
     "render_scene",
     "sample_scene",
     "shapes_features",
@@ -351,6 +353,18 @@ def caption_for(scene: Scene) -> str:
         return f"{subject} {_RELATION_PHRASES[relation]} {reference}"
     counts = Counter((obj.shape, obj.color) for obj in objects)
     return _join([_noun_phrase(shape, color, count) for (shape, color), count in counts.items()])
+
+
+def rotate_shape_words(text: str) -> str | None:
+    """The text with each shape word (singular or plural) replaced by the next one in `SHAPES`, cyclically ("a red
+    circle left of a blue square" -> "a red square left of a blue triangle"): a caption that contradicts its scene
+    in the shapes alone. None when the text names no shape."""
+    following = dict(zip(SHAPES, SHAPES[1:] + SHAPES[:1]))
+    rotated, count = _SHAPE_WORD.subn(lambda match: following[match[1]] + match[2], text)
+    return rotated if count else None
+
+
+_SHAPE_WORD = re.compile(r"\b(" + "|".join(SHAPES) + r")(s?)\b")
 
 
 def prompt_spec_for(scene: Scene) -> PromptSpec:

@@ -5,6 +5,7 @@ ahead of training, so only a position-keyed draw lets a resumed run (which sets 
 step) draw exactly what the uninterrupted run drew."""
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -69,6 +70,11 @@ class HydraCollator(_SkippingCollator):
     probability `cfg_dropout_prob`) with probability `generation_ratio`, otherwise an understanding example: the
     question (or `caption_prompt` when the row has none) and the answer (or the caption) as the target. Rows that
     can serve only one task serve that one. Labels cover the answer and the end-of-turn token only.
+
+    With `negative_caption` (a function from a caption to one that contradicts it, or None when it has none, e.g.
+    `hydra_hf.data.shapes.rotate_shape_words`), a share `prompt_contrast_ratio` of the generation rows with a
+    caption also get a prompt-contrast pair appended to the batch: their image under the caption and under the
+    contradicting caption (`prompt_contrast_pairs`, see `HydraConfig.prompt_contrast_weight`).
     """
 
     processor: HydraProcessor
@@ -79,6 +85,8 @@ class HydraCollator(_SkippingCollator):
     question_column: str | None = "question"
     answer_column: str | None = "answer"
     caption_prompt: str = "describe the image ."
+    negative_caption: Callable[[str], str | None] | None = None
+    prompt_contrast_ratio: float = 0.5
     turn_end: str = "<|im_end|>"
     seed: int = 0
     skipped: Counter = field(default_factory=Counter)
@@ -87,6 +95,8 @@ class HydraCollator(_SkippingCollator):
     def __post_init__(self):
         if not 0.0 <= self.generation_ratio <= 1.0:
             raise ValueError(f"generation_ratio must be in [0, 1], got {self.generation_ratio}")
+        if not 0.0 <= self.prompt_contrast_ratio <= 1.0:
+            raise ValueError(f"prompt_contrast_ratio must be in [0, 1], got {self.prompt_contrast_ratio}")
         self._last_batch = None
 
     def _next_batch_generator(self) -> torch.Generator:
@@ -105,9 +115,12 @@ class HydraCollator(_SkippingCollator):
         return prompt + target, target
 
     def __call__(self, examples: list[dict]) -> dict:
-        texts, targets, images, generate = [], [], [], []
-        draws = torch.rand(len(examples), 2, generator=self._next_batch_generator()).tolist()
-        for example, (task_draw, dropout_draw) in zip(examples, draws):
+        texts, targets, images, generate, contrasts = [], [], [], [], []
+        generator = self._next_batch_generator()
+        draws = torch.rand(len(examples), 2, generator=generator).tolist()
+        # Drawn after (not with) the task draws, so that runs without contrast draw exactly what they always did.
+        contrast_draws = torch.rand(len(examples), generator=generator).tolist() if self.negative_caption else None
+        for index, (example, (task_draw, dropout_draw)) in enumerate(zip(examples, draws)):
             caption = self._text(example, self.caption_column)
             answer = self._text(example, self.answer_column) or caption
             if not caption and not answer:
@@ -121,6 +134,10 @@ class HydraCollator(_SkippingCollator):
                 prompt = "" if dropout_draw < self.cfg_dropout_prob else caption
                 texts.append(self.processor.build_generation_prompt(prompt, target_image=True))
                 targets.append(None)
+                if contrast_draws is not None and prompt and contrast_draws[index] < self.prompt_contrast_ratio:
+                    negative = self.negative_caption(caption)
+                    if negative and negative != caption:
+                        contrasts.append((caption, negative, image))
             else:
                 question = self._text(example, self.question_column) or self.caption_prompt
                 text, target = self._understanding_text(question, answer)
@@ -130,6 +147,14 @@ class HydraCollator(_SkippingCollator):
             generate.append(as_generation)
         if not texts:
             return self._fallback(self._last_batch)
+        pairs = []
+        for caption, negative, image in contrasts:
+            first = sum(generate)
+            pairs.append((first, first + 1))
+            texts.extend(self.processor.build_generation_prompt([caption, negative], target_image=True))
+            targets.extend([None, None])
+            images.extend([image, image])
+            generate.extend([True, True])
 
         batch = self.processor(text=texts, images=images, padding_side="right")
         labels = torch.full_like(batch["input_ids"], -100)
@@ -147,4 +172,6 @@ class HydraCollator(_SkippingCollator):
             "labels": labels,
             "image_generation_mask": torch.tensor(generate),
         }
+        if pairs:
+            self._last_batch["prompt_contrast_pairs"] = torch.tensor(pairs)
         return self._last_batch

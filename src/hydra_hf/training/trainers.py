@@ -246,5 +246,6 @@ class HydraTrainer(_HydraTrainerMixin, Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
-        self._record(loss_ntp=outputs.loss_ntp, loss_flow=outputs.loss_flow, loss_repa=outputs.loss_repa)
+        self._record(loss_ntp=outputs.loss_ntp, loss_flow=outputs.loss_flow, loss_repa=outputs.loss_repa,
+                     loss_prompt_contrast=outputs.loss_prompt_contrast)
         return (outputs.loss, outputs) if return_outputs else outputs.loss

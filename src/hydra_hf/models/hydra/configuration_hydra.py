@@ -92,6 +92,12 @@ class HydraConfig(PreTrainedConfig):
         repa_weight (`float`): weight of a representation-alignment term (REPA, Yu et al. 2024; not in the paper,
             off by default): an MLP on the LLM's hidden states at the generated image's tokens after layer
             `repa_layer` (default: half the depth) predicts the clean image's Sem-ViT features (cosine loss).
+        prompt_contrast_weight, prompt_contrast_scale, prompt_contrast_min_time (`float`): a prompt-contrastive
+            flow term (not in the paper, off by default), for batches that pair a generated image with a copy under
+            a contradicting prompt (`flow_contrast_pairs`, e.g. from `HydraCollator(negative_caption=...)`): both
+            rows share one noise draw and one time, uniform in [`prompt_contrast_min_time`, 1], and the term is
+            `softplus(prompt_contrast_scale * (log L_true - log L_contradicting))`, the cross-entropy of the model as
+            a diffusion classifier choosing the true prompt, so the velocity must depend on what the prompts differ in.
 
     Presets: `HydraConfig.from_preset("tiny" | "hydra-1.5b" | "hydra-7b")` (Qwen2.5-1.5B / 7B-Instruct shapes with
     `hydra-tok-300m`).
@@ -122,6 +128,9 @@ class HydraConfig(PreTrainedConfig):
     flow_weight: float = 1.0
     repa_weight: float = 0.0
     repa_layer: int | None = None
+    prompt_contrast_weight: float = 0.0
+    prompt_contrast_scale: float = 20.0
+    prompt_contrast_min_time: float = 0.6
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
@@ -152,6 +161,11 @@ class HydraConfig(PreTrainedConfig):
             raise ValueError(
                 f"repa_weight must be >= 0 and repa_layer in [1, {self.text_config.num_hidden_layers}] (an LLM layer), "
                 f"got {self.repa_weight} and {self.repa_layer}"
+            )
+        if self.prompt_contrast_weight < 0 or self.prompt_contrast_scale <= 0 or not 0.0 <= self.prompt_contrast_min_time < 1.0:
+            raise ValueError(
+                "prompt_contrast_weight must be >= 0, prompt_contrast_scale > 0 and prompt_contrast_min_time in [0, 1), "
+                f"got {self.prompt_contrast_weight}, {self.prompt_contrast_scale} and {self.prompt_contrast_min_time}"
             )
 
     @property

@@ -54,15 +54,17 @@ class HydraModelOutputWithPast(BaseModelOutputWithPast):
 @dataclass
 class HydraCausalLMOutputWithPast(CausalLMOutputWithPast):
     r"""
-    loss: `ntp_weight * loss_ntp + flow_weight * loss_flow (+ repa_weight * loss_repa)` over the parts present.
-    loss_ntp, loss_flow, loss_repa: the unweighted next-token, flow-matching and representation-alignment losses
-        (None when the batch has no such part).
+    loss: `ntp_weight * loss_ntp + flow_weight * loss_flow (+ repa_weight * loss_repa + prompt_contrast_weight *
+        loss_prompt_contrast)` over the parts present.
+    loss_ntp, loss_flow, loss_repa, loss_prompt_contrast: the unweighted next-token, flow-matching,
+        representation-alignment and prompt-contrast losses (None when the batch has no such part).
     flow_prediction (`[I_gen, N, C]`): the flow head's velocity at the generated images' tokens.
     """
 
     loss_ntp: torch.Tensor | None = None
     loss_flow: torch.Tensor | None = None
     loss_repa: torch.Tensor | None = None
+    loss_prompt_contrast: torch.Tensor | None = None
     flow_prediction: torch.Tensor | None = None
 
 
@@ -180,6 +182,18 @@ class HydraPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
 
 
+def check_contrast_pairs(pairs: torch.Tensor, num_generated: int) -> torch.Tensor:
+    """`[P, 2]` indices among the generated images (true prompt, contradicting prompt), each image in one pair at most."""
+    if pairs.ndim != 2 or pairs.shape[1] != 2 or pairs.is_floating_point():
+        raise ValueError(f"prompt_contrast_pairs must be integer indices of shape [P, 2], got {pairs.dtype} {tuple(pairs.shape)}")
+    flat = pairs.flatten().tolist()
+    if any(not 0 <= index < num_generated for index in flat) or len(set(flat)) != len(flat):
+        raise ValueError(
+            f"prompt_contrast_pairs must index {num_generated} generated image(s), each at most once, got {pairs.tolist()}"
+        )
+    return pairs
+
+
 def image_block_ids(image_token_mask: torch.Tensor) -> torch.Tensor:
     """Number each contiguous run of image tokens (0, 1, ...) and mark text -1: the block-causal mask's groups."""
     starts = image_token_mask & ~F.pad(image_token_mask[:, :-1], (1, 0), value=False)
@@ -245,9 +259,11 @@ class HydraModel(HydraPreTrainedModel):
         image_generation_mask: torch.Tensor | None,
         timesteps: torch.Tensor | None,
         noise: torch.Tensor | None,
+        prompt_contrast_pairs: torch.Tensor | None = None,
     ):
         """Visual tokens of every image plus, for the images being generated, time embeddings, flow targets and
-        (with REPA on) the clean images' Sem-ViT features."""
+        (with REPA on) the clean images' Sem-ViT features. The two images of a prompt-contrast pair share the first's
+        noise and time (sampled uniform in [`prompt_contrast_min_time`, 1] unless `timesteps` are given)."""
         if image_latents is None:
             image_latents = self.image_latents(pixel_values)
         num_images = image_latents.shape[0]
@@ -263,6 +279,7 @@ class HydraModel(HydraPreTrainedModel):
         clean = vision.normalize_latents(image_latents[image_generation_mask].detach())
         if noise is None:
             noise = torch.randn_like(clean)
+        given_timesteps = timesteps
         if timesteps is None:
             config = self.config
             timesteps = flow_matching.sample_timesteps(
@@ -277,6 +294,13 @@ class HydraModel(HydraPreTrainedModel):
                 f"for {num_generated} generated image(s) expected noise {tuple(clean.shape)} and timesteps "
                 f"[{num_generated}], got {tuple(noise.shape)} and {tuple(timesteps.shape)}"
             )
+        if prompt_contrast_pairs is not None:
+            first, second = check_contrast_pairs(prompt_contrast_pairs, num_generated).unbind(1)
+            noise, timesteps = noise.clone(), timesteps.clone()
+            if given_timesteps is None:
+                low = self.config.prompt_contrast_min_time
+                timesteps[first] = low + (1 - low) * torch.rand(len(first), device=timesteps.device)
+            noise[second], timesteps[second] = noise[first], timesteps[first]
         noisy = flow_matching.interpolate(clean, noise.to(clean.dtype), timesteps)
         latents = image_latents.clone()
         latents[image_generation_mask] = vision.denormalize_latents(noisy)
@@ -328,6 +352,7 @@ class HydraModel(HydraPreTrainedModel):
         image_generation_mask: torch.Tensor | None = None,
         timesteps: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
+        prompt_contrast_pairs: torch.Tensor | None = None,
         **kwargs,
     ) -> HydraModelOutputWithPast:
         r"""
@@ -336,6 +361,8 @@ class HydraModel(HydraPreTrainedModel):
         image_generation_mask (`[I]` bool): which images are generation targets (noised, flow loss); the rest are
             read for understanding. Default: none.
         timesteps (`[I_gen]`), noise (`[I_gen, C, h, w]`): for the generated images; sampled when not given.
+        prompt_contrast_pairs (`[P, 2]` long): pairs of generated images, the same image under its true prompt and
+            under a contradicting one (see `HydraConfig.prompt_contrast_weight`); they share noise and time.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
@@ -348,7 +375,7 @@ class HydraModel(HydraPreTrainedModel):
             if input_ids is None:
                 raise ValueError("input_ids are needed to place images (their image tokens mark where)")
             visual, time_embeds, flow_target, repa_target = self._prepare_images(
-                pixel_values, image_latents, image_generation_mask, timesteps, noise
+                pixel_values, image_latents, image_generation_mask, timesteps, noise, prompt_contrast_pairs
             )
             image_token_mask = self.get_placeholder_mask(input_ids, visual.shape[0], visual.shape[1])
             inputs_embeds = inputs_embeds.masked_scatter(image_token_mask[..., None], visual.to(inputs_embeds.dtype))
@@ -442,12 +469,14 @@ class HydraForConditionalGeneration(HydraPreTrainedModel, GenerationMixin):
         image_generation_mask: torch.Tensor | None = None,
         timesteps: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
+        prompt_contrast_pairs: torch.Tensor | None = None,
         **kwargs,
     ) -> HydraCausalLMOutputWithPast:
         r"""
         labels (`[B, L]`): next-token targets (-100 ignored; image tokens are always ignored).
         Other image arguments: see `HydraModel.forward`. A batch can mix understanding rows (labels on the answer)
         and generation rows (their image flagged in `image_generation_mask`); both losses come from one forward.
+        The images of `prompt_contrast_pairs` feed only `loss_prompt_contrast`, not `loss_flow`.
         """
         if self.config.repa_weight > 0 and image_generation_mask is not None and image_generation_mask.any():
             kwargs["output_hidden_states"] = True
@@ -463,13 +492,14 @@ class HydraForConditionalGeneration(HydraPreTrainedModel, GenerationMixin):
             image_generation_mask=image_generation_mask,
             timesteps=timesteps,
             noise=noise,
+            prompt_contrast_pairs=prompt_contrast_pairs,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
         slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, slice_indices, :])
 
-        loss_ntp = loss_flow = loss_repa = flow_prediction = None
+        loss_ntp = loss_flow = loss_repa = loss_prompt_contrast = flow_prediction = None
         if labels is not None:
             if input_ids is not None:
                 labels = labels.masked_fill(input_ids == self.config.image_token_id, -100)
@@ -478,19 +508,33 @@ class HydraForConditionalGeneration(HydraPreTrainedModel, GenerationMixin):
         if outputs.flow_target is not None:
             generated = hidden_states[outputs.generation_token_mask].view(*outputs.flow_target.shape[:2], -1)
             flow_prediction = self.flow_head(generated, outputs.flow_time_embeds)
-            loss_flow = F.mse_loss(flow_prediction.float(), outputs.flow_target.float())
+            errors = (flow_prediction.float() - outputs.flow_target.float()).square().mean(dim=(1, 2))
+            plain = torch.ones_like(errors, dtype=torch.bool)
+            if prompt_contrast_pairs is not None and len(prompt_contrast_pairs):
+                plain[prompt_contrast_pairs.flatten()] = False
+                true_prompt, contradicting = errors[prompt_contrast_pairs[:, 0]], errors[prompt_contrast_pairs[:, 1]]
+                margin = self.config.prompt_contrast_scale * (true_prompt.log() - contradicting.log())
+                loss_prompt_contrast = F.softplus(margin).mean()
+            if plain.any():
+                loss_flow = errors[plain].mean()
         if outputs.repa_target is not None:
             layer_output = outputs.hidden_states[self.config.repa_layer]
             aligned = self.repa_head(layer_output[outputs.generation_token_mask]).view(*outputs.repa_target.shape[:2], -1)
             loss_repa = 1 - F.cosine_similarity(aligned.float(), outputs.repa_target.float(), dim=-1).mean()
 
-        parts = [(self.config.ntp_weight, loss_ntp), (self.config.flow_weight, loss_flow), (self.config.repa_weight, loss_repa)]
+        parts = [
+            (self.config.ntp_weight, loss_ntp),
+            (self.config.flow_weight, loss_flow),
+            (self.config.repa_weight, loss_repa),
+            (self.config.prompt_contrast_weight, loss_prompt_contrast),
+        ]
         present = [weight * part for weight, part in parts if part is not None]
         return HydraCausalLMOutputWithPast(
             loss=sum(present) if present else None,
             loss_ntp=loss_ntp,
             loss_flow=loss_flow,
             loss_repa=loss_repa,
+            loss_prompt_contrast=loss_prompt_contrast,
             logits=logits,
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
