@@ -114,6 +114,16 @@ def test_trainer_audit_matches_the_stage(tmp_path, shapes_dataset):
     assert trained == set(trainer.trainable_parameter_names) == set(apply_stage(tiny_hydra(), UNIFIED_STAGES["I"]))
 
 
+def test_a_prompt_contrast_weight_without_pairs_is_reported(tmp_path, shapes_dataset, caplog):
+    processor = tiny_processor()
+    for collator, warned in ((HydraCollator(processor), True), (HydraCollator(processor, negative_caption=str.upper), False)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="hydra_hf"):
+            HydraTrainer(tiny_hydra(prompt_contrast_weight=0.1), training_args(tmp_path), stage="II",
+                         train_dataset=shapes_dataset, data_collator=collator)
+        assert ("makes no prompt-contrast pairs" in caplog.text) == warned
+
+
 def test_decoder_stage_without_adversarial_weight_builds_no_discriminator(tmp_path, shapes_dataset):
     def trainer_for(model):
         return HydraTokTrainer(model, training_args(tmp_path), stage="2", teacher=copy.deepcopy(model),

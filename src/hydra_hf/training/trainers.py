@@ -243,6 +243,11 @@ class HydraTrainer(_HydraTrainerMixin, Trainer):
     ):
         super().__init__(model, *args, **kwargs)
         self._init_stage(resolve_stage(stage, UNIFIED_STAGES, trainable), ema_decay)
+        if model.config.prompt_contrast_weight > 0 and getattr(self.data_collator, "negative_caption", None) is None:
+            logger.warning(
+                "prompt_contrast_weight > 0 but the data collator makes no prompt-contrast pairs (give HydraCollator a "
+                "negative_caption): the term stays at zero"
+            )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
