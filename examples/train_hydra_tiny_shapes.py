@@ -266,6 +266,7 @@ def assemble(
 def train_unified(
     work_dir: Path, dataset, start: Path, stage: str, scale: float, generation_ratio: float, cycle: int = 1,
     ema_decay: float | None = None, seed: int = TRAIN_SEED, prompt_contrast_weight: float = 0.0,
+    prompt_contrast_min_time: float = 0.6,
 ) -> Path:
     """One unified stage from `start`; cycle 2, 3, ... repeat a stage from the previous cycle's result. With
     `prompt_contrast_weight` > 0, half the generation rows also get a pair: their scene under its caption and under
@@ -276,6 +277,7 @@ def train_unified(
         return output
     model = HydraForConditionalGeneration.from_pretrained(start)
     model.config.prompt_contrast_weight = prompt_contrast_weight
+    model.config.prompt_contrast_min_time = prompt_contrast_min_time
     processor = HydraProcessor.from_pretrained(start)
     collator = HydraCollator(processor, generation_ratio=generation_ratio, cfg_dropout_prob=model.config.cfg_dropout_prob,
                              caption_prompt=CAPTION_PROMPT, seed=seed,
@@ -368,6 +370,10 @@ def main() -> None:
         help="weight of the prompt-contrastive flow term in the unified stages (HydraConfig.prompt_contrast_weight): "
              "half the generation rows also train the model, as a diffusion classifier at flow times in [0.6, 1], to "
              "fit its scene's caption better than the caption with the shape words rotated",
+    )
+    parser.add_argument(
+        "--prompt_contrast_min_time", type=float, default=0.6,
+        help="the prompt-contrast pairs' flow times are uniform in [this, 1] (HydraConfig.prompt_contrast_min_time)",
     )
     parser.add_argument(
         "--repa_weight", type=float, default=0.0,
@@ -463,9 +469,11 @@ def main() -> None:
     pretrain_dataset = dataset.select(range(pretrain_scenes))
     dataset = dataset.select(range(args.num_scenes))
     llm_size = {**LLM, "hidden_size": args.llm_hidden_size, "num_hidden_layers": args.llm_num_layers}
-    if args.prompt_contrast_weight < 0:
-        parser.error(f"--prompt_contrast_weight must be >= 0, got {args.prompt_contrast_weight}")
-    unified = dict(ema_decay=args.ema_decay, seed=args.unified_seed, prompt_contrast_weight=args.prompt_contrast_weight)
+    if args.prompt_contrast_weight < 0 or not 0.0 <= args.prompt_contrast_min_time < 1.0:
+        parser.error("--prompt_contrast_weight must be >= 0 and --prompt_contrast_min_time in [0, 1), got "
+                     f"{args.prompt_contrast_weight} and {args.prompt_contrast_min_time}")
+    unified = dict(ema_decay=args.ema_decay, seed=args.unified_seed, prompt_contrast_weight=args.prompt_contrast_weight,
+                   prompt_contrast_min_time=args.prompt_contrast_min_time)
     if args.start_from is None:
         current = first_stages(parser, args, pretrain_dataset, llm_size)
         current = train_unified(args.work_dir, dataset, current, "I", args.scale, 0.5, **unified)
@@ -487,11 +495,11 @@ def main() -> None:
               "llm": llm_size, "latent_channels": args.latent_channels, "patch_size": args.patch_size,
               "flow_head_hidden_size": args.flow_head_hidden_size, "seed": TRAIN_SEED, "data_seed": args.data_seed,
               "llm_seed": args.llm_seed, "unified_seed": args.unified_seed,
-              "prompt_contrast_weight": args.prompt_contrast_weight}
+              "prompt_contrast_weight": args.prompt_contrast_weight, "prompt_contrast_min_time": args.prompt_contrast_min_time}
     if args.start_from is not None:  # the model's shape and first stages are the start's: keep its own recipe
         earlier = args.start_from / "training_recipe.json"
         kept = ("stages", "scale", "scenes", "stage_ii_cycles", "generation_ratio", "ema_decay", "seed", "data_seed",
-                "unified_seed", "prompt_contrast_weight")
+                "unified_seed", "prompt_contrast_weight", "prompt_contrast_min_time")
         recipe = {"start_from": str(args.start_from), "start_recipe": json.loads(earlier.read_text()) if earlier.is_file() else None,
                   **{key: recipe[key] for key in kept}}
         if args.train_categories is not None:
