@@ -368,8 +368,9 @@ def main() -> None:
     parser.add_argument(
         "--prompt_contrast_weight", type=float, default=0.0,
         help="weight of the prompt-contrastive flow term in the unified stages (HydraConfig.prompt_contrast_weight): "
-             "half the generation rows also train the model, as a diffusion classifier at flow times in [0.6, 1], to "
-             "fit its scene's caption better than the caption with the shape words rotated",
+             "half the generation rows also train the model, as a diffusion classifier at flow times in "
+             "[--prompt_contrast_min_time, 1], to fit its scene's caption better than the caption with the shape words "
+             "rotated",
     )
     parser.add_argument(
         "--prompt_contrast_min_time", type=float, default=0.6,

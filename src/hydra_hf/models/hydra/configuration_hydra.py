@@ -94,7 +94,7 @@ class HydraConfig(PreTrainedConfig):
             `repa_layer` (default: half the depth) predicts the clean image's Sem-ViT features (cosine loss).
         prompt_contrast_weight, prompt_contrast_scale, prompt_contrast_min_time (`float`): a prompt-contrastive
             flow term (not in the paper, off by default), for batches that pair a generated image with a copy under
-            a contradicting prompt (`flow_contrast_pairs`, e.g. from `HydraCollator(negative_caption=...)`): both
+            a contradicting prompt (`prompt_contrast_pairs`, e.g. from `HydraCollator(negative_caption=...)`): both
             rows share one noise draw and one time, uniform in [`prompt_contrast_min_time`, 1], and the term is
             `softplus(prompt_contrast_scale * (log L_true - log L_contradicting))`, the cross-entropy of the model as
             a diffusion classifier choosing the true prompt, so the velocity must depend on what the prompts differ in.
