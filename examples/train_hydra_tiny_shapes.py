@@ -266,11 +266,12 @@ def assemble(
 def train_unified(
     work_dir: Path, dataset, start: Path, stage: str, scale: float, generation_ratio: float, cycle: int = 1,
     ema_decay: float | None = None, seed: int = TRAIN_SEED, prompt_contrast_weight: float = 0.0,
-    prompt_contrast_min_time: float = 0.6,
+    prompt_contrast_min_time: float = 0.6, image_position_scale: float | None = None,
 ) -> Path:
     """One unified stage from `start`; cycle 2, 3, ... repeat a stage from the previous cycle's result. With
     `prompt_contrast_weight` > 0, half the generation rows also get a pair: their scene under its caption and under
-    the caption with its shape words rotated (`HydraConfig.prompt_contrast_weight`)."""
+    the caption with its shape words rotated (`HydraConfig.prompt_contrast_weight`). `image_position_scale` (None:
+    the start's) sets `HydraConfig.image_position_scale`."""
     name = f"unified_{stage}" if cycle == 1 else f"unified_{stage}_cycle{cycle}"
     output = work_dir / name / "final"
     if output.exists():
@@ -278,6 +279,8 @@ def train_unified(
     model = HydraForConditionalGeneration.from_pretrained(start)
     model.config.prompt_contrast_weight = prompt_contrast_weight
     model.config.prompt_contrast_min_time = prompt_contrast_min_time
+    if image_position_scale is not None:
+        model.config.image_position_scale = image_position_scale
     processor = HydraProcessor.from_pretrained(start)
     collator = HydraCollator(processor, generation_ratio=generation_ratio, cfg_dropout_prob=model.config.cfg_dropout_prob,
                              caption_prompt=CAPTION_PROMPT, seed=seed,
@@ -377,6 +380,12 @@ def main() -> None:
         help="the prompt-contrast pairs' flow times are uniform in [this, 1] (HydraConfig.prompt_contrast_min_time)",
     )
     parser.add_argument(
+        "--image_position_scale", type=float, default=None,
+        help="add fixed 2-D sin-cos positions of this scale to the visual tokens the LLM reads, from the first unified "
+             "stage trained here (HydraConfig.image_position_scale; default: the start's, none for a new model), so "
+             "attention can carry where a token lies, which relation questions ask",
+    )
+    parser.add_argument(
         "--repa_weight", type=float, default=0.0,
         help="REPA in the unified stages (HydraConfig.repa_weight; 0.5 raised held-out GenEval-style from 0.236 to "
              "0.288 but left about 19 specks per image: sixth to eighth rounds)",
@@ -473,8 +482,10 @@ def main() -> None:
     if args.prompt_contrast_weight < 0 or not 0.0 <= args.prompt_contrast_min_time < 1.0:
         parser.error("--prompt_contrast_weight must be >= 0 and --prompt_contrast_min_time in [0, 1), got "
                      f"{args.prompt_contrast_weight} and {args.prompt_contrast_min_time}")
+    if args.image_position_scale is not None and args.image_position_scale < 0:
+        parser.error(f"--image_position_scale must be >= 0, got {args.image_position_scale}")
     unified = dict(ema_decay=args.ema_decay, seed=args.unified_seed, prompt_contrast_weight=args.prompt_contrast_weight,
-                   prompt_contrast_min_time=args.prompt_contrast_min_time)
+                   prompt_contrast_min_time=args.prompt_contrast_min_time, image_position_scale=args.image_position_scale)
     if args.start_from is None:
         current = first_stages(parser, args, pretrain_dataset, llm_size)
         current = train_unified(args.work_dir, dataset, current, "I", args.scale, 0.5, **unified)
@@ -496,11 +507,12 @@ def main() -> None:
               "llm": llm_size, "latent_channels": args.latent_channels, "patch_size": args.patch_size,
               "flow_head_hidden_size": args.flow_head_hidden_size, "seed": TRAIN_SEED, "data_seed": args.data_seed,
               "llm_seed": args.llm_seed, "unified_seed": args.unified_seed,
-              "prompt_contrast_weight": args.prompt_contrast_weight, "prompt_contrast_min_time": args.prompt_contrast_min_time}
+              "prompt_contrast_weight": args.prompt_contrast_weight, "prompt_contrast_min_time": args.prompt_contrast_min_time,
+              "image_position_scale": model.config.image_position_scale}
     if args.start_from is not None:  # the model's shape and first stages are the start's: keep its own recipe
         earlier = args.start_from / "training_recipe.json"
         kept = ("stages", "scale", "scenes", "stage_ii_cycles", "generation_ratio", "ema_decay", "seed", "data_seed",
-                "unified_seed", "prompt_contrast_weight", "prompt_contrast_min_time")
+                "unified_seed", "prompt_contrast_weight", "prompt_contrast_min_time", "image_position_scale")
         recipe = {"start_from": str(args.start_from), "start_recipe": json.loads(earlier.read_text()) if earlier.is_file() else None,
                   **{key: recipe[key] for key in kept}}
         if args.train_categories is not None:

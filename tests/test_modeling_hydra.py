@@ -13,6 +13,7 @@ from transformers import (
 import hydra_hf  # noqa: F401  (registers the Auto classes)
 from hydra_hf import HydraConfig, HydraForConditionalGeneration, HydraModel, HydraProcessor, HydraTokConfig
 from hydra_hf.models.hydra.modeling_hydra import identity_attention
+from hydra_hf.models.hydra_tok.modeling_hydra_tok import grid_positions
 
 from .utils import random_pixels, tiny_config, tiny_hydra, tiny_processor
 
@@ -423,6 +424,22 @@ def test_bottleneck_input_switch_skips_sem_vit():
         for parameter in model.vision_model.sem_vit.parameters():
             parameter.add_(1.0)
         assert torch.equal(model(**inputs).logits, base)
+
+
+def test_image_positions_tell_apart_the_visual_tokens_of_a_uniform_latent():
+    model = tiny_hydra()
+    channels = model.config.vision_config.latent_channels
+    uniform = torch.randn(1, channels, 1, 1).expand(1, channels, 4, 4)  # every patch holds the same latent
+    with torch.no_grad():
+        plain = model.model.visual_tokens(uniform)[0]
+        model.config.image_position_scale = 2.0
+        placed = model.model.visual_tokens(uniform)[0]
+    # Without positions nothing before the LLM knows where a token lies: all 16 tokens are the same vector.
+    torch.testing.assert_close(plain, plain[:1].expand_as(plain), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(placed - plain, 2.0 * grid_positions(plain.shape[-1], (4, 4)).float())
+    assert torch.cdist(placed, placed).fill_diagonal_(float("inf")).min() > 0.5
+    with pytest.raises(Exception, match="image_position_scale"):  # huggingface_hub wraps the ValueError
+        tiny_config(image_position_scale=-1.0)
 
 
 # ---------------------------------------------------------------------------------------------------------- errors

@@ -80,6 +80,9 @@ class HydraConfig(PreTrainedConfig):
         llm_vision_input (`str`): what the projector reads: `"semantic"` (Sem-ViT output; default, as Hydra-X
             describes HYDRA) or `"bottleneck"` (H_bn = unproj(z), skipping Sem-ViT).
         projector_hidden_act (`str`): activation of the two-layer projector MLP (vision width -> LLM width).
+        image_position_scale (`float`): scale of fixed 2-D sin-cos positions added to the visual tokens the LLM
+            reads (not in the paper; 0, the default, adds none). Sem-ViT sees no positions and RoPE rotates only
+            queries and keys, so without them a token's row and column never reach the values attention mixes.
         time_embedding_dim (`int`): sinusoidal features of t before the time-embedding MLP (to LLM width).
         flow_head_hidden_size, flow_head_num_layers (`int`): the flow head, residual MLP blocks with adaLN driven by
             the time embedding, ending in a projection to `vision_config.latent_channels`.
@@ -116,6 +119,7 @@ class HydraConfig(PreTrainedConfig):
     eoi_token_id: int = 151667
     llm_vision_input: str = "semantic"
     projector_hidden_act: str = "gelu"
+    image_position_scale: float = 0.0
     time_embedding_dim: int = 256
     flow_head_hidden_size: int | None = None
     flow_head_num_layers: int = 2
@@ -146,6 +150,8 @@ class HydraConfig(PreTrainedConfig):
         super().validate_architecture()
         if self.llm_vision_input not in ("semantic", "bottleneck"):
             raise ValueError(f"llm_vision_input must be 'semantic' or 'bottleneck', got {self.llm_vision_input!r}")
+        if self.image_position_scale < 0:
+            raise ValueError(f"image_position_scale must be >= 0, got {self.image_position_scale}")
         if self.flow_head_hidden_size < 1 or self.flow_head_num_layers < 0:
             raise ValueError(
                 f"flow_head_hidden_size must be at least 1 and flow_head_num_layers at least 0, got "

@@ -23,7 +23,7 @@ from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from ... import flow_matching
-from ..hydra_tok.modeling_hydra_tok import HydraTokModel, ZeroInitLinear, grid_to_tokens, tokens_to_grid
+from ..hydra_tok.modeling_hydra_tok import HydraTokModel, ZeroInitLinear, grid_positions, grid_to_tokens, tokens_to_grid
 from .configuration_hydra import HydraConfig
 
 __all__ = [
@@ -230,12 +230,17 @@ class HydraModel(HydraPreTrainedModel):
         return self.vision_model.encode(pixel_values).latent_dist.mean
 
     def visual_tokens(self, latents: torch.Tensor) -> torch.Tensor:
-        """Raw (possibly noisy) latents `[I, C, h, w]` -> LLM-width tokens `[I, h*w, D]` (without time embedding)."""
+        """Raw (possibly noisy) latents `[I, C, h, w]` -> LLM-width tokens `[I, h*w, D]` (without time embedding),
+        plus their 2-D positions when `config.image_position_scale` is set."""
         if self.config.llm_vision_input == "semantic":
             features = self.vision_model.semantic_features_from_latents(latents)
         else:
             features = self.vision_model.bottleneck.unproj(grid_to_tokens(self.vision_model._check_latents(latents)))
-        return self.projector(features)
+        tokens = self.projector(features)
+        if self.config.image_position_scale > 0:
+            positions = grid_positions(tokens.shape[-1], tuple(latents.shape[2:]), tokens.device)
+            tokens = tokens + self.config.image_position_scale * positions.to(tokens.dtype)
+        return tokens
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Understanding path: pixels -> projected semantic tokens `[I, N, D]`."""

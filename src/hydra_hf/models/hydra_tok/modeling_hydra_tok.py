@@ -111,6 +111,16 @@ def grid_to_tokens(latents: torch.Tensor) -> torch.Tensor:
     return latents.flatten(2).transpose(1, 2)
 
 
+def grid_positions(width: int, grid: tuple[int, int], device: torch.device | str | None = None) -> torch.Tensor:
+    """Fixed 2-D sin-cos positions `[h*w, width]` of a token grid in raster order (half the features per axis)."""
+    rows, cols = torch.meshgrid(
+        torch.arange(grid[0], device=device, dtype=torch.float32),
+        torch.arange(grid[1], device=device, dtype=torch.float32),
+        indexing="ij",
+    )
+    return get_2d_sincos_pos_embed_from_grid(width, torch.stack([rows.flatten(), cols.flatten()]))
+
+
 class HydraTokAttention(nn.Module):
     """Bidirectional multi-head self-attention dispatched through transformers' attention interface."""
 
@@ -294,13 +304,7 @@ class HydraTokPixelDecoder(nn.Module):
     def forward(
         self, noisy_patches: torch.Tensor, timesteps: torch.Tensor, latent_tokens: torch.Tensor, grid: tuple[int, int]
     ) -> torch.Tensor:
-        width = self.patch_embed.out_features
-        rows, cols = torch.meshgrid(
-            torch.arange(grid[0], device=noisy_patches.device, dtype=torch.float32),
-            torch.arange(grid[1], device=noisy_patches.device, dtype=torch.float32),
-            indexing="ij",
-        )
-        positions = get_2d_sincos_pos_embed_from_grid(width, torch.stack([rows.flatten(), cols.flatten()]))
+        positions = grid_positions(self.patch_embed.out_features, grid, noisy_patches.device)
         hidden_states = self.patch_embed(noisy_patches) + positions.to(noisy_patches.dtype)
         # The time embedding sees t in [0, 1000] like diffusers' DiTs.
         time_emb = self.time_embed(self.time_proj(timesteps * 1000).to(noisy_patches.dtype))
