@@ -50,6 +50,7 @@ def main(args: list[str] | None = None) -> None:
         question_column=data_args.question_column,
         answer_column=data_args.answer_column,
         caption_prompt=data_args.caption_prompt,
+        caption_ratio=data_args.caption_ratio,
         seed=training_args.seed + training_args.process_index,
     )
     training_args.remove_unused_columns = False

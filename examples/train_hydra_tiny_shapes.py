@@ -266,12 +266,12 @@ def assemble(
 def train_unified(
     work_dir: Path, dataset, start: Path, stage: str, scale: float, generation_ratio: float, cycle: int = 1,
     ema_decay: float | None = None, seed: int = TRAIN_SEED, prompt_contrast_weight: float = 0.0,
-    prompt_contrast_min_time: float = 0.6, image_position_scale: float | None = None,
+    prompt_contrast_min_time: float = 0.6, image_position_scale: float | None = None, caption_ratio: float = 0.0,
 ) -> Path:
     """One unified stage from `start`; cycle 2, 3, ... repeat a stage from the previous cycle's result. With
     `prompt_contrast_weight` > 0, half the generation rows also get a pair: their scene under its caption and under
     the caption with its shape words rotated (`HydraConfig.prompt_contrast_weight`). `image_position_scale` (None:
-    the start's) sets `HydraConfig.image_position_scale`."""
+    the start's) sets `HydraConfig.image_position_scale`; `caption_ratio` is `HydraCollator.caption_ratio`."""
     name = f"unified_{stage}" if cycle == 1 else f"unified_{stage}_cycle{cycle}"
     output = work_dir / name / "final"
     if output.exists():
@@ -283,7 +283,7 @@ def train_unified(
         model.config.image_position_scale = image_position_scale
     processor = HydraProcessor.from_pretrained(start)
     collator = HydraCollator(processor, generation_ratio=generation_ratio, cfg_dropout_prob=model.config.cfg_dropout_prob,
-                             caption_prompt=CAPTION_PROMPT, seed=seed,
+                             caption_prompt=CAPTION_PROMPT, caption_ratio=caption_ratio, seed=seed,
                              negative_caption=rotate_shape_words if prompt_contrast_weight > 0 else None)
     args = training_args(work_dir, f"unified_{stage}", scale, output_dir=str(work_dir / name), seed=seed)
     trainer = HydraTrainer(model, args, stage=stage, train_dataset=dataset,
@@ -380,6 +380,12 @@ def main() -> None:
         help="the prompt-contrast pairs' flow times are uniform in [this, 1] (HydraConfig.prompt_contrast_min_time)",
     )
     parser.add_argument(
+        "--caption_ratio", type=float, default=0.0,
+        help="share of the unified stages' understanding rows trained to describe their scene (its caption) instead of "
+             "answering its question (HydraCollator.caption_ratio): captions state the relations that yes/no relation "
+             "questions only test",
+    )
+    parser.add_argument(
         "--image_position_scale", type=float, default=None,
         help="add fixed 2-D sin-cos positions of this scale to the visual tokens the LLM reads, from the first unified "
              "stage trained here (HydraConfig.image_position_scale; default: the start's, none for a new model), so "
@@ -468,8 +474,9 @@ def main() -> None:
         parser.error(f"--patch_size must divide the {IMAGE_SIZE} px canvas, got {args.patch_size}")
     if args.train_categories is not None and args.start_from is None:
         parser.error("--train_categories needs --start_from: the first stages train on every category")
-    if not 0.0 <= args.generation_ratio <= 1.0:
-        parser.error(f"--generation_ratio must be in [0, 1], got {args.generation_ratio}")
+    for flag in ("generation_ratio", "caption_ratio"):
+        if not 0.0 <= getattr(args, flag) <= 1.0:
+            parser.error(f"--{flag} must be in [0, 1], got {getattr(args, flag)}")
     if args.llm_hidden_size % LLM_HEAD_DIM:
         parser.error(f"--llm_hidden_size must be a multiple of {LLM_HEAD_DIM}, got {args.llm_hidden_size}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -485,7 +492,7 @@ def main() -> None:
     if args.image_position_scale is not None and args.image_position_scale < 0:
         parser.error(f"--image_position_scale must be >= 0, got {args.image_position_scale}")
     unified = dict(ema_decay=args.ema_decay, seed=args.unified_seed, prompt_contrast_weight=args.prompt_contrast_weight,
-                   prompt_contrast_min_time=args.prompt_contrast_min_time, image_position_scale=args.image_position_scale)
+                   prompt_contrast_min_time=args.prompt_contrast_min_time, image_position_scale=args.image_position_scale, caption_ratio=args.caption_ratio)
     if args.start_from is None:
         current = first_stages(parser, args, pretrain_dataset, llm_size)
         current = train_unified(args.work_dir, dataset, current, "I", args.scale, 0.5, **unified)
@@ -508,11 +515,11 @@ def main() -> None:
               "flow_head_hidden_size": args.flow_head_hidden_size, "seed": TRAIN_SEED, "data_seed": args.data_seed,
               "llm_seed": args.llm_seed, "unified_seed": args.unified_seed,
               "prompt_contrast_weight": args.prompt_contrast_weight, "prompt_contrast_min_time": args.prompt_contrast_min_time,
-              "image_position_scale": model.config.image_position_scale}
+              "image_position_scale": model.config.image_position_scale, "caption_ratio": args.caption_ratio}
     if args.start_from is not None:  # the model's shape and first stages are the start's: keep its own recipe
         earlier = args.start_from / "training_recipe.json"
         kept = ("stages", "scale", "scenes", "stage_ii_cycles", "generation_ratio", "ema_decay", "seed", "data_seed",
-                "unified_seed", "prompt_contrast_weight", "prompt_contrast_min_time", "image_position_scale")
+                "unified_seed", "prompt_contrast_weight", "prompt_contrast_min_time", "image_position_scale", "caption_ratio")
         recipe = {"start_from": str(args.start_from), "start_recipe": json.loads(earlier.read_text()) if earlier.is_file() else None,
                   **{key: recipe[key] for key in kept}}
         if args.train_categories is not None:

@@ -227,6 +227,29 @@ def test_generation_rows_ratio_and_prompt_dropout():
     assert torch.equal(mixed["image_generation_mask"], again["image_generation_mask"])
 
 
+def test_caption_ratio_trains_a_share_of_understanding_rows_to_describe_the_scene():
+    processor = tiny_processor()
+    rows = [{"image": png_bytes((255, 0, 0)), "caption": "a red square", "question": "what color is the shape ?", "answer": "red"},
+            {"image": png_bytes((0, 255, 0)), "caption": "", "question": "what color is the shape ?", "answer": "green"}] * 16
+    settings = dict(generation_ratio=0.5, seed=2)
+    plain = HydraCollator(processor, **settings)(rows)
+    mixed = HydraCollator(processor, **settings, caption_ratio=0.5)(rows)
+    tokenizer = processor.tokenizer
+    targets = [tokenizer.decode(row[row != -100]) for row in mixed["labels"]]
+    # The split between generation and understanding rows is drawn as before; only understanding rows change.
+    assert torch.equal(mixed["image_generation_mask"], plain["image_generation_mask"])
+    understanding = [row for row in range(len(rows)) if not plain["image_generation_mask"][row]]
+    described = [row for row in understanding if targets[row].startswith("a red square")]
+    assert all(row % 2 == 0 for row in described)  # a row without a caption keeps its question
+    assert 0 < len(described) < sum(row % 2 == 0 for row in understanding)
+    assert all("describe the image ." in tokenizer.decode(mixed["input_ids"][row]) for row in described)
+    assert all(targets[row].startswith(("red", "green")) for row in understanding if row not in described)
+    every = HydraCollator(processor, generation_ratio=0.0, caption_ratio=1.0)(rows[:2])
+    assert [tokenizer.decode(row[row != -100]) for row in every["labels"]] == ["a red square <|im_end|>", "green <|im_end|>"]
+    with pytest.raises(ValueError, match="caption_ratio"):
+        HydraCollator(processor, caption_ratio=1.5)
+
+
 def test_prompt_contrast_pairs_append_each_scene_under_a_contradicting_caption():
     processor = tiny_processor()
     rows = [{"image": png_bytes((255, 0, 0)), "caption": "a red square", "question": "what color is the shape ?", "answer": "red"},

@@ -30,6 +30,9 @@ class DataArguments:
     generation_ratio: float = field(default=0.5, metadata={"help": "share of rows used for text-to-image"})
     cfg_dropout_prob: float | None = field(default=None, metadata={"help": "prompt dropout; default: the model config's"})
     caption_prompt: str = field(default="describe the image .", metadata={"help": "question for caption-only rows"})
+    caption_ratio: float = field(
+        default=0.0, metadata={"help": "share of understanding rows with a caption trained to describe the image instead of answering"}
+    )
 
 
 @dataclass

@@ -71,6 +71,11 @@ class HydraCollator(_SkippingCollator):
     question (or `caption_prompt` when the row has none) and the answer (or the caption) as the target. Rows that
     can serve only one task serve that one. Labels cover the answer and the end-of-turn token only.
 
+    With `caption_ratio` > 0, that share of the understanding rows with a caption are trained to describe the
+    image instead (`caption_prompt` -> caption) even when they have a question: a caption states what a yes/no
+    question only tests, e.g. "a red circle to the left of a blue square", where the answer to "is the red circle
+    left of the blue square?" depends on neither the picture nor the words alone, only on both.
+
     With `negative_caption` (a function from a caption to one that contradicts it, or None when it has none, e.g.
     `hydra_hf.data.shapes.rotate_shape_words`), a share `prompt_contrast_ratio` of the generation rows with a
     caption also get a prompt-contrast pair appended to the batch: their image under the caption and under the
@@ -85,6 +90,7 @@ class HydraCollator(_SkippingCollator):
     question_column: str | None = "question"
     answer_column: str | None = "answer"
     caption_prompt: str = "describe the image ."
+    caption_ratio: float = 0.0
     negative_caption: Callable[[str], str | None] | None = None
     prompt_contrast_ratio: float = 0.5
     turn_end: str = "<|im_end|>"
@@ -95,6 +101,8 @@ class HydraCollator(_SkippingCollator):
     def __post_init__(self):
         if not 0.0 <= self.generation_ratio <= 1.0:
             raise ValueError(f"generation_ratio must be in [0, 1], got {self.generation_ratio}")
+        if not 0.0 <= self.caption_ratio <= 1.0:
+            raise ValueError(f"caption_ratio must be in [0, 1], got {self.caption_ratio}")
         if not 0.0 <= self.prompt_contrast_ratio <= 1.0:
             raise ValueError(f"prompt_contrast_ratio must be in [0, 1], got {self.prompt_contrast_ratio}")
         self._last_batch = None
@@ -118,8 +126,9 @@ class HydraCollator(_SkippingCollator):
         texts, targets, images, generate, contrasts = [], [], [], [], []
         generator = self._next_batch_generator()
         draws = torch.rand(len(examples), 2, generator=generator).tolist()
-        # Drawn after (not with) the task draws, so that runs without contrast draw exactly what they always did.
+        # Drawn after (not with) the task draws, so that runs without contrast or captions draw exactly what they always did.
         contrast_draws = torch.rand(len(examples), generator=generator).tolist() if self.negative_caption else None
+        caption_draws = torch.rand(len(examples), generator=generator).tolist() if self.caption_ratio > 0 else None
         for index, (example, (task_draw, dropout_draw)) in enumerate(zip(examples, draws)):
             caption = self._text(example, self.caption_column)
             answer = self._text(example, self.answer_column) or caption
@@ -139,8 +148,10 @@ class HydraCollator(_SkippingCollator):
                     if negative and negative != caption:
                         contrasts.append((caption, negative, image))
             else:
-                question = self._text(example, self.question_column) or self.caption_prompt
-                text, target = self._understanding_text(question, answer)
+                question = self._text(example, self.question_column)
+                if caption and caption_draws is not None and caption_draws[index] < self.caption_ratio:
+                    question, answer = "", caption
+                text, target = self._understanding_text(question or self.caption_prompt, answer)
                 texts.append(text)
                 targets.append(target)
             images.append(image)
