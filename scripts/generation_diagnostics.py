@@ -8,6 +8,7 @@
     python scripts/generation_diagnostics.py failures outputs/a/final [--num-prompts 480]
     python scripts/generation_diagnostics.py shape-guidance outputs/a/final [--scales 1.5 2 3]
     python scripts/generation_diagnostics.py word-classifier outputs/a/final [--num-scenes 120 --times 0.3 0.5 0.7 0.9]
+    python scripts/generation_diagnostics.py relation-flip outputs/a/final [--num-scenes 2000]
 
 flow-loss: held-out flow-matching loss at fixed flow times (1 = noise), with the caption and with the empty prompt
 (their difference is how much the velocity uses the prompt). Training logs one loss averaged over sampled times,
@@ -61,6 +62,11 @@ scenes ("a blue circle", seed 777) noised to each flow time, the model as a diff
 whose flow loss is lowest among the caption with each shape word (chance 1/3), and, as the control, among the caption
 with each palette colour (chance 1/6), with the same noise for every candidate. A model whose velocity follows the
 shape word picks the true shape; sampling can still go wrong, but not for want of the word.
+
+relation-flip (an understanding check): whether the answers to relation questions read the relation word. Each
+relation question of the development scenes (seed 777) is asked as it is and with its relation word replaced by the
+opposite ("left of" -> "right of"); a model that reads both the image and the word answers the two differently every
+time. It prints the accuracy on the questions as asked, the share of "yes", and that flip consistency, per axis.
 """
 
 import argparse
@@ -73,7 +79,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 from hydra_hf import HydraForConditionalGeneration, HydraPipeline, HydraProcessor, flow_matching
 from hydra_hf.data import PALETTE, SHAPES, make_shapes_dataset, rotate_shape_words
-from hydra_hf.data.shapes import GENERATION_CATEGORIES, PromptSpec, generation_scenes, prompt_spec_for
+from hydra_hf.data.shapes import OPPOSITE_RELATION, GENERATION_CATEGORIES, PromptSpec, generation_scenes, prompt_spec_for
 from hydra_hf.evaluation.shapes import (
     detect_objects,
     drawn_mask,
@@ -82,7 +88,7 @@ from hydra_hf.evaluation.shapes import (
     scores_from_outcomes,
     spec_satisfied,
 )
-from hydra_hf.evaluation.shapes_eval import EVAL_SEED, evaluate_shapes, generate_for_specs
+from hydra_hf.evaluation.shapes_eval import EVAL_SEED, answer_questions, evaluate_shapes, generate_for_specs
 from hydra_hf.training import HydraCollator
 
 
@@ -461,6 +467,37 @@ def word_classifier_table(args) -> dict:
     return results
 
 
+def flip_relation(question: str) -> str:
+    """"is the red circle left of the blue square?" -> "is the red circle right of the blue square?"."""
+    relation = next(relation for relation in OPPOSITE_RELATION if f" {relation} the " in question)
+    return question.replace(f" {relation} the ", f" {OPPOSITE_RELATION[relation]} the ")
+
+
+def relation_flip_table(args) -> dict:
+    scenes = make_shapes_dataset(args.num_scenes, seed=args.seed)
+    scenes = scenes.select([index for index, kind in enumerate(scenes["question_type"]) if kind == "relation"])
+    questions, truths = list(scenes["question"]), list(scenes["answer"])
+    axes = ["horizontal" if " left of " in q or " right of " in q else "vertical" for q in questions]
+    results = {}
+    for path in args.models:
+        pipe = HydraPipeline.from_pretrained(path)
+        asked = answer_questions(pipe, list(scenes["image"]), questions)
+        flipped = answer_questions(pipe, list(scenes["image"]), [flip_relation(q) for q in questions])
+        results[path] = table = {}
+        for axis in ("horizontal", "vertical"):
+            rows = [index for index, row_axis in enumerate(axes) if row_axis == axis]
+            table[axis] = row = {
+                "questions": len(rows),
+                "accuracy": sum(asked[i] == truths[i] for i in rows) / len(rows),
+                "yes": sum(asked[i] == "yes" for i in rows) / len(rows),
+                "flip_consistency": sum(asked[i] != flipped[i] for i in rows) / len(rows),
+            }
+            print(f"{path} | {axis} ({row['questions']} questions) | accuracy {row['accuracy']:.3f} | yes "
+                  f"{row['yes']:.3f} | answer changes when the relation word flips: {row['flip_consistency']:.3f}",
+                  flush=True)
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -493,10 +530,13 @@ def main(argv: list[str] | None = None) -> None:
     classifier.add_argument("--num-scenes", type=int, default=120, help="one-object scenes (seed --seed)")
     classifier.add_argument("--times", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.9])
     classifier.add_argument("--seed", type=int, default=777)
+    relation = commands.add_parser("relation-flip", help="do the answers to relation questions read the relation word")
+    relation.add_argument("--num-scenes", type=int, default=2000, help="development scenes (seed --seed)")
+    relation.add_argument("--seed", type=int, default=777)
     for command in (word, probe, stochastic):
         command.add_argument("--pag-scale", type=float, default=3.0, help="0: no guidance")
         command.add_argument("--pag-layers", type=int, nargs="+", default=[1])
-    for command in (flow, word, probe, stochastic, verify, failures, shape, classifier):
+    for command in (flow, word, probe, stochastic, verify, failures, shape, classifier, relation):
         command.add_argument("models", nargs="+", help="HYDRA folders")
         command.add_argument("--json", help="also write the results as JSON here")
     args = parser.parse_args(argv)
@@ -511,7 +551,7 @@ def main(argv: list[str] | None = None) -> None:
     tables = {"flow-loss": flow_loss_table, "word-effect": word_effect_table, "word-probe": word_probe_table,
               "stochastic-steps": stochastic_steps_table, "self-verify": self_verify_table,
               "failures": failures_table, "shape-guidance": shape_guidance_table,
-              "word-classifier": word_classifier_table}
+              "word-classifier": word_classifier_table, "relation-flip": relation_flip_table}
     results = tables[args.command](args)
     if args.json:
         with open(args.json, "w") as handle:

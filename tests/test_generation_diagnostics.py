@@ -192,3 +192,27 @@ def test_word_classifier_table_scores_shape_and_colour_at_each_time(diagnostics,
         assert set(row) == {"shape", "color"} and all(0 <= value <= 1 for value in row.values())
     with pytest.raises(SystemExit):
         run(diagnostics, "word-classifier", model_dir, "--times", 1.5)
+
+
+def test_relation_flip_tells_a_reader_of_the_relation_word_from_one_that_ignores_it(diagnostics, model_dir, monkeypatch):
+    from hydra_hf.data import make_shapes_dataset
+
+    assert diagnostics.flip_relation("is the red circle left of the blue square?") == "is the red circle right of the blue square?"
+    assert diagnostics.flip_relation("is the red circle below the blue square?") == "is the red circle above the blue square?"
+    scenes = make_shapes_dataset(300, seed=777)
+    truths = {q: a for q, a, kind in zip(scenes["question"], scenes["answer"], scenes["question_type"]) if kind == "relation"}
+    # A reader answers each question right and so the flipped one the other way; an ignorer says "yes" to both.
+    reader = lambda pipe, images, questions: [  # noqa: E731
+        truths[q] if q in truths else {"yes": "no", "no": "yes"}[truths[diagnostics.flip_relation(q)]] for q in questions]
+    ignorer = lambda pipe, images, questions: ["yes"] * len(questions)  # noqa: E731
+    for answer, yes_share, flips in ((reader, None, 1.0), (ignorer, 1.0, 0.0)):
+        monkeypatch.setattr(diagnostics, "answer_questions", answer)
+        table = diagnostics.relation_flip_table(
+            type("Args", (), {"num_scenes": 300, "seed": 777, "models": [str(model_dir)]}))[str(model_dir)]
+        assert sum(row["questions"] for row in table.values()) == len(truths) > 0
+        for row in table.values():
+            assert row["flip_consistency"] == flips
+            if answer is reader:
+                assert row["accuracy"] == 1.0
+            else:
+                assert row["yes"] == yes_share and row["accuracy"] < 1.0

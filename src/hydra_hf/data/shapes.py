@@ -90,7 +90,7 @@ QUESTION_TYPES = ("count", "color", "shape", "exists", "relation")
 # axis; GenEval's looser 60 degree cone (cosine 0.5) is what scoring accepts.
 CLEAR_RELATION_MIN_COSINE = 0.85
 _RELATION_PHRASES = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}
-_OPPOSITE_RELATION = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+OPPOSITE_RELATION = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 _COUNT_WORDS = {2: "two", 3: "three", 4: "four"}
 _PLACEMENT_TRIES = 200
 _T = TypeVar("_T")
@@ -434,7 +434,7 @@ def question_for(
         return f"is there {_noun_phrase(shape, color)}?", answer, kind
     subject, reference, relation = _pick(rng, related_pairs)
     answer = "yes" if rng.random() < 0.5 else "no"
-    asked = relation if answer == "yes" else _OPPOSITE_RELATION[relation]
+    asked = relation if answer == "yes" else OPPOSITE_RELATION[relation]
     question = f"is the {subject.color} {subject.shape} {asked} the {reference.color} {reference.shape}?"
     return question, answer, kind
 
