@@ -383,13 +383,15 @@ def main() -> None:
         "--caption_ratio", type=float, default=0.0,
         help="share of the unified stages' understanding rows trained to describe their scene (its caption) instead of "
              "answering its question (HydraCollator.caption_ratio): captions state the relations that yes/no relation "
-             "questions only test",
+             "questions only test (0.3: relation questions still at chance, development GenEval-style +0.04 over the control, "
+             "held-out 0.357: twenty-seventh round)",
     )
     parser.add_argument(
         "--image_position_scale", type=float, default=None,
         help="add fixed 2-D sin-cos positions of this scale to the visual tokens the LLM reads, from the first unified "
              "stage trained here (HydraConfig.image_position_scale; default: the start's, none for a new model), so "
-             "attention can carry where a token lies, which relation questions ask",
+             "attention can carry where a token lies, which relation questions ask (5: relation questions still at "
+             "chance: twenty-seventh round)",
     )
     parser.add_argument(
         "--repa_weight", type=float, default=0.0,
