@@ -387,6 +387,12 @@ def main() -> None:
              "held-out 0.357: twenty-seventh round)",
     )
     parser.add_argument(
+        "--relation_word_share", type=float, default=0.0,
+        help="share of the training scenes with two objects in a clear relation that ask for the relation word "
+             "(\"what is the red circle to the blue square?\" -> \"left\"; make_shapes_dataset(relation_word_share=...)) "
+             "instead of their question (yes/no relation questions stay): a yes/no relation answer follows from the picture and the asked word together only",
+    )
+    parser.add_argument(
         "--image_position_scale", type=float, default=None,
         help="add fixed 2-D sin-cos positions of this scale to the visual tokens the LLM reads, from the first unified "
              "stage trained here (HydraConfig.image_position_scale; default: the start's, none for a new model), so "
@@ -476,7 +482,7 @@ def main() -> None:
         parser.error(f"--patch_size must divide the {IMAGE_SIZE} px canvas, got {args.patch_size}")
     if args.train_categories is not None and args.start_from is None:
         parser.error("--train_categories needs --start_from: the first stages train on every category")
-    for flag in ("generation_ratio", "caption_ratio"):
+    for flag in ("generation_ratio", "caption_ratio", "relation_word_share"):
         if not 0.0 <= getattr(args, flag) <= 1.0:
             parser.error(f"--{flag} must be in [0, 1], got {getattr(args, flag)}")
     if args.llm_hidden_size % LLM_HEAD_DIM:
@@ -484,7 +490,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     pretrain_scenes = args.num_pretrain_scenes if args.start_from is None else 0
     dataset = make_shapes_dataset(max(args.num_scenes, pretrain_scenes), seed=args.data_seed,
-                                  categories=args.train_categories)
+                                  categories=args.train_categories, relation_word_share=args.relation_word_share)
     pretrain_dataset = dataset.select(range(pretrain_scenes))
     dataset = dataset.select(range(args.num_scenes))
     llm_size = {**LLM, "hidden_size": args.llm_hidden_size, "num_hidden_layers": args.llm_num_layers}
@@ -494,7 +500,8 @@ def main() -> None:
     if args.image_position_scale is not None and args.image_position_scale < 0:
         parser.error(f"--image_position_scale must be >= 0, got {args.image_position_scale}")
     unified = dict(ema_decay=args.ema_decay, seed=args.unified_seed, prompt_contrast_weight=args.prompt_contrast_weight,
-                   prompt_contrast_min_time=args.prompt_contrast_min_time, image_position_scale=args.image_position_scale, caption_ratio=args.caption_ratio)
+                   prompt_contrast_min_time=args.prompt_contrast_min_time, image_position_scale=args.image_position_scale,
+                   caption_ratio=args.caption_ratio)
     if args.start_from is None:
         current = first_stages(parser, args, pretrain_dataset, llm_size)
         current = train_unified(args.work_dir, dataset, current, "I", args.scale, 0.5, **unified)
@@ -517,11 +524,13 @@ def main() -> None:
               "flow_head_hidden_size": args.flow_head_hidden_size, "seed": TRAIN_SEED, "data_seed": args.data_seed,
               "llm_seed": args.llm_seed, "unified_seed": args.unified_seed,
               "prompt_contrast_weight": args.prompt_contrast_weight, "prompt_contrast_min_time": args.prompt_contrast_min_time,
-              "image_position_scale": model.config.image_position_scale, "caption_ratio": args.caption_ratio}
+              "image_position_scale": model.config.image_position_scale, "caption_ratio": args.caption_ratio,
+              "relation_word_share": args.relation_word_share}
     if args.start_from is not None:  # the model's shape and first stages are the start's: keep its own recipe
         earlier = args.start_from / "training_recipe.json"
         kept = ("stages", "scale", "scenes", "stage_ii_cycles", "generation_ratio", "ema_decay", "seed", "data_seed",
-                "unified_seed", "prompt_contrast_weight", "prompt_contrast_min_time", "image_position_scale", "caption_ratio")
+                "unified_seed", "prompt_contrast_weight", "prompt_contrast_min_time", "image_position_scale", "caption_ratio",
+                "relation_word_share")
         recipe = {"start_from": str(args.start_from), "start_recipe": json.loads(earlier.read_text()) if earlier.is_file() else None,
                   **{key: recipe[key] for key in kept}}
         if args.train_categories is not None:

@@ -21,6 +21,7 @@ from hydra_hf.data import (
     OBJECT_MARGIN,
     PALETTE,
     QUESTION_TYPES,
+    RELATION_WORD_QUESTION_TYPE,
     SHAPES,
     PromptSpec,
     Scene,
@@ -178,6 +179,11 @@ def expected_answer(question, scene):
         return obj.shape
     if match := re.fullmatch(r"is there an? (\w+) (\w+)\?", question):
         return "yes" if any((obj.color, obj.shape) == (match[1], match[2]) for obj in objects) else "no"
+    if match := re.fullmatch(r"what is the (\w+) (\w+) to the (\w+) (\w+)\?", question):
+        (subject,) = [obj for obj in objects if (obj.color, obj.shape) == (match[1], match[2])]
+        (reference,) = [obj for obj in objects if (obj.color, obj.shape) == (match[3], match[4])]
+        (relation,) = relations_between((subject.x, subject.y), (reference.x, reference.y), CLEAR_RELATION_MIN_COSINE)
+        return relation.split()[0]
     match = re.fullmatch(r"is the (\w+) (\w+) (left of|right of|above|below) the (\w+) (\w+)\?", question)
     (subject,) = [obj for obj in objects if (obj.color, obj.shape) == (match[1], match[2])]
     (reference,) = [obj for obj in objects if (obj.color, obj.shape) == (match[4], match[5])]
@@ -192,6 +198,23 @@ def test_answers_follow_from_the_objects(dataset):
         assert row["answer"] == expected_answer(row["question"], row_scene(row))
         assert row["question"] == row["question"].lower() and " " not in row["answer"]
     assert set(dataset["question_type"]) == set(QUESTION_TYPES)
+
+
+def test_relation_word_share_asks_for_the_relation_in_a_share_of_the_other_rows(dataset):
+    with_words = make_shapes_dataset(210, seed=11, relation_word_share=0.5)
+    asked = [row for row in with_words if row["question_type"] == RELATION_WORD_QUESTION_TYPE]
+    assert 0.1 < len(asked) / len(with_words) < 0.35
+    assert {row["answer"] for row in asked} == {"left", "right", "above", "below"}
+    for row in asked:
+        assert row["answer"] == expected_answer(row["question"], row_scene(row))
+    for plain, row in zip(dataset, with_words):
+        assert row["caption"] == plain["caption"] and row["objects"] == plain["objects"]
+        if row["question_type"] != RELATION_WORD_QUESTION_TYPE:
+            assert (row["question"], row["answer"]) == (plain["question"], plain["answer"])
+        else:
+            assert plain["question_type"] != "relation", "yes/no relation questions are kept"
+    with pytest.raises(ValueError, match="relation_word_share"):
+        make_shapes_dataset(2, relation_word_share=1.5)
 
 
 def test_yes_no_questions_are_balanced():

@@ -36,6 +36,7 @@ __all__ = [
     "OBJECT_MARGIN",
     "PALETTE",
     "QUESTION_TYPES",
+    "RELATION_WORD_QUESTION_TYPE",
     "RELATIONS",
     "SHAPES",
     "ObjectRequirement",
@@ -49,6 +50,7 @@ __all__ = [
     "make_shapes_dataset",
     "prompt_spec_for",
     "question_for",
+    "relation_word_question",
     "relations_between",
     "rotate_shape_words",
     "render_scene",
@@ -85,6 +87,8 @@ DATASET_CATEGORIES = (*GENERATION_CATEGORIES, "scene")
 COLOR_NAMING_CATEGORIES = ("counting", "colors", "position", "color_attribution", "scene")
 RELATIONS = ("left of", "right of", "above", "below")
 QUESTION_TYPES = ("count", "color", "shape", "exists", "relation")
+# A training-only question type (`make_shapes_dataset(relation_word_share=...)`), never asked by evaluation.
+RELATION_WORD_QUESTION_TYPE = "relation_word"
 
 # A relation is stated in captions and questions only when the centre offset points within ~32 degrees of the
 # axis; GenEval's looser 60 degree cone (cosine 0.5) is what scoring accepts.
@@ -390,6 +394,19 @@ def _unique_by(objects: Sequence[ShapeObject], attribute: str) -> list[ShapeObje
     return [obj for obj, value in zip(objects, values) if values.count(value) == 1]
 
 
+def _related_pairs(objects: Sequence[ShapeObject]) -> list[tuple[ShapeObject, ShapeObject, str]]:
+    """(subject, reference, relation) for every ordered pair of objects that their colour and shape name alone and
+    whose centres are in a clear relation."""
+    kind_counts = Counter((obj.shape, obj.color) for obj in objects)
+    identifiable = [obj for obj in objects if kind_counts[obj.shape, obj.color] == 1]
+    return [
+        (a, b, relation)
+        for a in identifiable
+        for b in identifiable
+        if a is not b and (relation := _clear_relation(a, b)) is not None
+    ]
+
+
 def question_for(
     scene: Scene, rng: np.random.Generator, colors: Sequence[str] = tuple(PALETTE)
 ) -> tuple[str, str, str]:
@@ -400,14 +417,7 @@ def question_for(
     """
     objects = scene.objects
     unique_shapes, unique_colors = _unique_by(objects, "shape"), _unique_by(objects, "color")
-    kind_counts = Counter((obj.shape, obj.color) for obj in objects)
-    identifiable = [obj for obj in objects if kind_counts[obj.shape, obj.color] == 1]
-    related_pairs = [
-        (a, b, relation)
-        for a in identifiable
-        for b in identifiable
-        if a is not b and (relation := _clear_relation(a, b)) is not None
-    ]
+    related_pairs = _related_pairs(objects)
     kinds = ["count", "exists"]
     kinds += ["color"] if unique_shapes else []
     kinds += ["shape"] if unique_colors else []
@@ -439,6 +449,22 @@ def question_for(
     return question, answer, kind
 
 
+def relation_word_question(scene: Scene, rng: np.random.Generator) -> tuple[str, str, str] | None:
+    """A training-only question whose one-word answer is a relation of two objects in the scene ("what is the red
+    circle to the blue square?" -> "left"), or None when no two objects are in a clear relation.
+
+    Why: `question_for` asks the opposite relation whenever its answer is "no", so a yes/no relation answer follows
+    from neither the picture nor the question alone, only from both together; this question's answer follows from
+    the picture alone. The words are the world's own, so a model's existing tokenizer reads them.
+    """
+    related_pairs = _related_pairs(scene.objects)
+    if not related_pairs:
+        return None
+    subject, reference, relation = _pick(rng, related_pairs)
+    question = f"what is the {subject.color} {subject.shape} to the {reference.color} {reference.shape}?"
+    return question, relation.removesuffix(" of"), RELATION_WORD_QUESTION_TYPE
+
+
 def shapes_features() -> datasets.Features:
     """The schema of `make_shapes_dataset`, for code that builds or checks such datasets."""
     object_feature = {
@@ -467,12 +493,17 @@ def make_shapes_dataset(
     categories: Sequence[str] | None = None,
     colors: Sequence[str] = tuple(PALETTE),
     featured_color: str | None = None,
+    relation_word_share: float = 0.0,
 ) -> datasets.Dataset:
     """`num_examples` rendered scenes with a caption and one question each, categories taken in turn.
 
     Pass `featured_color="pink"` for scenes that all feature the held-out colour (a LoRA concept demo); the
-    categories then default to those whose captions name the colour.
+    categories then default to those whose captions name the colour. With `relation_word_share` > 0, that share of
+    the scenes with two objects in a clear relation and no yes/no relation question ask `relation_word_question`
+    instead (training data only).
     """
+    if not 0.0 <= relation_word_share <= 1.0:
+        raise ValueError(f"relation_word_share must be in [0, 1], got {relation_word_share}")
     if categories is None:
         categories = DATASET_CATEGORIES if featured_color is None else COLOR_NAMING_CATEGORIES
     question_colors = (*colors, featured_color) if featured_color and featured_color not in colors else colors
@@ -481,6 +512,10 @@ def make_shapes_dataset(
         rng = example_rng(seed, index)
         scene = sample_scene(rng, categories[index % len(categories)], colors, featured_color)
         question, answer, question_type = question_for(scene, rng, question_colors)
+        # Drawn after everything else, and only when asked for, so that the other rows stay as they always were;
+        # yes/no relation questions stay, the ones whose answers need the relation word read.
+        if question_type != "relation" and relation_word_share > 0 and rng.random() < relation_word_share:
+            question, answer, question_type = relation_word_question(scene, rng) or (question, answer, question_type)
         rows["image"].append(render_scene(scene))
         rows["caption"].append(caption_for(scene))
         rows["question"].append(question)

@@ -126,7 +126,8 @@ class HydraCollator(_SkippingCollator):
         texts, targets, images, generate, contrasts = [], [], [], [], []
         generator = self._next_batch_generator()
         draws = torch.rand(len(examples), 2, generator=generator).tolist()
-        # Drawn after (not with) the task draws, so that runs without contrast or captions draw exactly what they always did.
+        # Drawn after (not with) the task draws, so that runs without contrast or captions draw exactly what they
+        # always did.
         contrast_draws = torch.rand(len(examples), generator=generator).tolist() if self.negative_caption else None
         caption_draws = torch.rand(len(examples), generator=generator).tolist() if self.caption_ratio > 0 else None
         for index, (example, (task_draw, dropout_draw)) in enumerate(zip(examples, draws)):
