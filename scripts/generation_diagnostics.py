@@ -66,7 +66,10 @@ shape word picks the true shape; sampling can still go wrong, but not for want o
 relation-flip (an understanding check): whether the answers to relation questions read the relation word. Each
 relation question of the development scenes (seed 777) is asked as it is and with its relation word replaced by the
 opposite ("left of" -> "right of"); a model that reads both the image and the word answers the two differently every
-time. It prints the accuracy on the questions as asked, the share of "yes", and that flip consistency, per axis.
+time. It prints the accuracy on the questions as asked, the share of "yes", and that flip consistency, per axis;
+and, whether the model sees the relation at all, its accuracy on each scene's training-only relation-word question
+("what is the red circle to the blue square?" -> "left", chance 0.25; see `make_shapes_dataset(relation_word_share=...)`),
+which only a model trained with that share has been taught to answer.
 """
 
 import argparse
@@ -79,7 +82,17 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 from hydra_hf import HydraForConditionalGeneration, HydraPipeline, HydraProcessor, flow_matching
 from hydra_hf.data import PALETTE, SHAPES, make_shapes_dataset, rotate_shape_words
-from hydra_hf.data.shapes import OPPOSITE_RELATION, GENERATION_CATEGORIES, PromptSpec, generation_scenes, prompt_spec_for
+from hydra_hf.data.shapes import (
+    GENERATION_CATEGORIES,
+    OPPOSITE_RELATION,
+    PromptSpec,
+    Scene,
+    ShapeObject,
+    example_rng,
+    generation_scenes,
+    prompt_spec_for,
+    relation_word_question,
+)
 from hydra_hf.evaluation.shapes import (
     detect_objects,
     drawn_mask,
@@ -478,6 +491,10 @@ def relation_flip_table(args) -> dict:
     scenes = scenes.select([index for index, kind in enumerate(scenes["question_type"]) if kind == "relation"])
     questions, truths = list(scenes["question"]), list(scenes["answer"])
     axes = ["horizontal" if " left of " in q or " right of " in q else "vertical" for q in questions]
+    word_questions, words = zip(*(
+        relation_word_question(Scene(tuple(ShapeObject(**obj) for obj in objects)), example_rng(args.seed, index))[:2]
+        for index, objects in enumerate(scenes["objects"])
+    ))
     results = {}
     for path in args.models:
         pipe = HydraPipeline.from_pretrained(path)
@@ -495,6 +512,11 @@ def relation_flip_table(args) -> dict:
             print(f"{path} | {axis} ({row['questions']} questions) | accuracy {row['accuracy']:.3f} | yes "
                   f"{row['yes']:.3f} | answer changes when the relation word flips: {row['flip_consistency']:.3f}",
                   flush=True)
+        answered = answer_questions(pipe, list(scenes["image"]), list(word_questions))
+        table["relation_word"] = {"questions": len(words),
+                                  "accuracy": sum(a == w for a, w in zip(answered, words)) / len(words)}
+        print(f"{path} | relation word ({len(words)} questions, chance 0.25) | accuracy "
+              f"{table['relation_word']['accuracy']:.3f}", flush=True)
     return results
 
 

@@ -1,8 +1,11 @@
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
+
+from hydra_hf.data.shapes import CLEAR_RELATION_MIN_COSINE, relations_between
 
 from .utils import load_script, save_tiny_hydra
 
@@ -201,14 +204,28 @@ def test_relation_flip_tells_a_reader_of_the_relation_word_from_one_that_ignores
     assert diagnostics.flip_relation("is the red circle below the blue square?") == "is the red circle above the blue square?"
     scenes = make_shapes_dataset(300, seed=777)
     truths = {q: a for q, a, kind in zip(scenes["question"], scenes["answer"], scenes["question_type"]) if kind == "relation"}
-    # A reader answers each question right and so the flipped one the other way; an ignorer says "yes" to both.
-    reader = lambda pipe, images, questions: [  # noqa: E731
-        truths[q] if q in truths else {"yes": "no", "no": "yes"}[truths[diagnostics.flip_relation(q)]] for q in questions]
+    related_objects = [objects for objects, kind in zip(scenes["objects"], scenes["question_type"]) if kind == "relation"]
+
+    def seen_relation(index: int, question: str) -> str:
+        """The relation word of "what is the A B to the C D?" read off the scene's objects."""
+        match = re.fullmatch(r"what is the (\w+) (\w+) to the (\w+) (\w+)\?", question)
+        (a,) = [o for o in related_objects[index] if (o["color"], o["shape"]) == (match[1], match[2])]
+        (b,) = [o for o in related_objects[index] if (o["color"], o["shape"]) == (match[3], match[4])]
+        (relation,) = relations_between((a["x"], a["y"]), (b["x"], b["y"]), CLEAR_RELATION_MIN_COSINE)
+        return relation.split()[0]
+
+    # A reader answers each question right and so the flipped one the other way; an ignorer says "yes" to everything.
+    def reader(pipe, images, questions):
+        return [seen_relation(i, q) if q.startswith("what") else truths[q] if q in truths
+                else {"yes": "no", "no": "yes"}[truths[diagnostics.flip_relation(q)]] for i, q in enumerate(questions)]
+
     ignorer = lambda pipe, images, questions: ["yes"] * len(questions)  # noqa: E731
     for answer, yes_share, flips in ((reader, None, 1.0), (ignorer, 1.0, 0.0)):
         monkeypatch.setattr(diagnostics, "answer_questions", answer)
         table = diagnostics.relation_flip_table(
             type("Args", (), {"num_scenes": 300, "seed": 777, "models": [str(model_dir)]}))[str(model_dir)]
+        words = table.pop("relation_word")
+        assert words == {"questions": len(truths), "accuracy": 1.0 if answer is reader else 0.0}
         assert sum(row["questions"] for row in table.values()) == len(truths) > 0
         for row in table.values():
             assert row["flip_consistency"] == flips
