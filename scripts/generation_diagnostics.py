@@ -68,8 +68,8 @@ relation question of the development scenes (seed 777) is asked as it is and wit
 opposite ("left of" -> "right of"); a model that reads both the image and the word answers the two differently every
 time. It prints the accuracy on the questions as asked, the share of "yes", and that flip consistency, per axis;
 and, whether the model sees the relation at all, its accuracy on each scene's training-only relation-word question
-("what is the red circle to the blue square?" -> "left", chance 0.25; see `make_shapes_dataset(relation_word_share=...)`),
-which only a model trained with that share has been taught to answer.
+("what is the red circle to the blue square?" -> "left", chance 0.25), which only a model trained with
+`make_shapes_dataset(relation_word_share=...)` has been taught to answer.
 """
 
 import argparse
@@ -492,7 +492,7 @@ def relation_flip_table(args) -> dict:
     questions, truths = list(scenes["question"]), list(scenes["answer"])
     axes = ["horizontal" if " left of " in q or " right of " in q else "vertical" for q in questions]
     word_questions, words = zip(*(
-        relation_word_question(Scene(tuple(ShapeObject(**obj) for obj in objects)), example_rng(args.seed, index))[:2]
+        relation_word_question(Scene(tuple(map(ShapeObject.from_dict, objects))), example_rng(args.seed, index))[:2]
         for index, objects in enumerate(scenes["objects"])
     ))
     results = {}

@@ -1,13 +1,10 @@
 import json
-import re
 
 import numpy as np
 import pytest
 import torch
 
-from hydra_hf.data.shapes import CLEAR_RELATION_MIN_COSINE, relations_between
-
-from .utils import load_script, save_tiny_hydra
+from .utils import expected_answer, load_script, row_scene, save_tiny_hydra
 
 
 @pytest.fixture(scope="module")
@@ -203,21 +200,12 @@ def test_relation_flip_tells_a_reader_of_the_relation_word_from_one_that_ignores
     assert diagnostics.flip_relation("is the red circle left of the blue square?") == "is the red circle right of the blue square?"
     assert diagnostics.flip_relation("is the red circle below the blue square?") == "is the red circle above the blue square?"
     scenes = make_shapes_dataset(300, seed=777)
-    truths = {q: a for q, a, kind in zip(scenes["question"], scenes["answer"], scenes["question_type"]) if kind == "relation"}
-    related_objects = [objects for objects, kind in zip(scenes["objects"], scenes["question_type"]) if kind == "relation"]
+    related_rows = [row for row in scenes if row["question_type"] == "relation"]
 
-    def seen_relation(index: int, question: str) -> str:
-        """The relation word of "what is the A B to the C D?" read off the scene's objects."""
-        match = re.fullmatch(r"what is the (\w+) (\w+) to the (\w+) (\w+)\?", question)
-        (a,) = [o for o in related_objects[index] if (o["color"], o["shape"]) == (match[1], match[2])]
-        (b,) = [o for o in related_objects[index] if (o["color"], o["shape"]) == (match[3], match[4])]
-        (relation,) = relations_between((a["x"], a["y"]), (b["x"], b["y"]), CLEAR_RELATION_MIN_COSINE)
-        return relation.split()[0]
-
-    # A reader answers each question right and so the flipped one the other way; an ignorer says "yes" to everything.
+    # A reader answers every question as the scene's objects do, so a flipped one the other way; an ignorer says "yes".
     def reader(pipe, images, questions):
-        return [seen_relation(i, q) if q.startswith("what") else truths[q] if q in truths
-                else {"yes": "no", "no": "yes"}[truths[diagnostics.flip_relation(q)]] for i, q in enumerate(questions)]
+        rows = zip(questions, related_rows, strict=True)
+        return [expected_answer(question, row_scene(row)) for question, row in rows]
 
     ignorer = lambda pipe, images, questions: ["yes"] * len(questions)  # noqa: E731
     for answer, yes_share, flips in ((reader, None, 1.0), (ignorer, 1.0, 0.0)):
@@ -225,8 +213,8 @@ def test_relation_flip_tells_a_reader_of_the_relation_word_from_one_that_ignores
         table = diagnostics.relation_flip_table(
             type("Args", (), {"num_scenes": 300, "seed": 777, "models": [str(model_dir)]}))[str(model_dir)]
         words = table.pop("relation_word")
-        assert words == {"questions": len(truths), "accuracy": 1.0 if answer is reader else 0.0}
-        assert sum(row["questions"] for row in table.values()) == len(truths) > 0
+        assert words == {"questions": len(related_rows), "accuracy": 1.0 if answer is reader else 0.0}
+        assert sum(row["questions"] for row in table.values()) == len(related_rows) > 0
         for row in table.values():
             assert row["flip_consistency"] == flips
             if answer is reader:

@@ -24,8 +24,6 @@ from hydra_hf.data import (
     RELATION_WORD_QUESTION_TYPE,
     SHAPES,
     PromptSpec,
-    Scene,
-    ShapeObject,
     caption_for,
     example_rng,
     generation_prompts,
@@ -38,6 +36,8 @@ from hydra_hf.data import (
     sample_scene,
 )
 
+from .utils import expected_answer, row_scene
+
 NUMBER_WORDS = {"a": 1, "an": 1, "two": 2, "three": 3, "four": 4}
 
 
@@ -49,10 +49,6 @@ def dataset():
 @pytest.fixture(scope="module")
 def scenes():
     return [sample_scene(example_rng(0, index)) for index in range(500)]
-
-
-def row_scene(row):
-    return Scene(tuple(ShapeObject.from_dict(obj) for obj in row["objects"]), row["category"])
 
 
 def test_same_seed_gives_same_examples_and_other_seeds_differ():
@@ -164,33 +160,6 @@ def test_categories_shape_their_scenes(dataset):
             assert len(objects) == 2 and shapes[0] != shapes[1] and colours[0] != colours[1]
         else:
             assert 3 <= len(objects) <= 4
-
-
-def expected_answer(question, scene):
-    """Answers the question from the structured objects, independently of the generator's code."""
-    objects = scene.objects
-    if match := re.fullmatch(r"how many (\w+)s are there\?", question):
-        return str(sum(obj.shape == match[1] for obj in objects))
-    if match := re.fullmatch(r"what color is the (\w+)\?", question):
-        (obj,) = [obj for obj in objects if obj.shape == match[1]]
-        return obj.color
-    if match := re.fullmatch(r"what shape is the (\w+) object\?", question):
-        (obj,) = [obj for obj in objects if obj.color == match[1]]
-        return obj.shape
-    if match := re.fullmatch(r"is there an? (\w+) (\w+)\?", question):
-        return "yes" if any((obj.color, obj.shape) == (match[1], match[2]) for obj in objects) else "no"
-    if match := re.fullmatch(r"what is the (\w+) (\w+) to the (\w+) (\w+)\?", question):
-        (subject,) = [obj for obj in objects if (obj.color, obj.shape) == (match[1], match[2])]
-        (reference,) = [obj for obj in objects if (obj.color, obj.shape) == (match[3], match[4])]
-        (relation,) = relations_between((subject.x, subject.y), (reference.x, reference.y), CLEAR_RELATION_MIN_COSINE)
-        return relation.split()[0]
-    match = re.fullmatch(r"is the (\w+) (\w+) (left of|right of|above|below) the (\w+) (\w+)\?", question)
-    (subject,) = [obj for obj in objects if (obj.color, obj.shape) == (match[1], match[2])]
-    (reference,) = [obj for obj in objects if (obj.color, obj.shape) == (match[4], match[5])]
-    relations = relations_between((subject.x, subject.y), (reference.x, reference.y), CLEAR_RELATION_MIN_COSINE)
-    opposite = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}[match[3]]
-    assert relations in ({match[3]}, {opposite}), "relation questions must be about a clear relation"
-    return "yes" if match[3] in relations else "no"
 
 
 def test_answers_follow_from_the_objects(dataset):

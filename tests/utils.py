@@ -2,11 +2,13 @@
 
 import functools
 import importlib.util
+import re
 from pathlib import Path
 
 import torch
 
 from hydra_hf import HydraConfig, HydraForConditionalGeneration, HydraImageProcessor, HydraProcessor
+from hydra_hf.data.shapes import CLEAR_RELATION_MIN_COSINE, Scene, ShapeObject, relations_between
 from hydra_hf.data.text_tokenizer import train_word_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,3 +90,35 @@ def load_script(relative_path: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def row_scene(row: dict) -> Scene:
+    """The scene of a `make_shapes_dataset` row."""
+    return Scene(tuple(ShapeObject.from_dict(obj) for obj in row["objects"]), row.get("category", "scene"))
+
+
+def expected_answer(question, scene):
+    """Answers the question from the structured objects, independently of the generator's code."""
+    objects = scene.objects
+    if match := re.fullmatch(r"how many (\w+)s are there\?", question):
+        return str(sum(obj.shape == match[1] for obj in objects))
+    if match := re.fullmatch(r"what color is the (\w+)\?", question):
+        (obj,) = [obj for obj in objects if obj.shape == match[1]]
+        return obj.color
+    if match := re.fullmatch(r"what shape is the (\w+) object\?", question):
+        (obj,) = [obj for obj in objects if obj.color == match[1]]
+        return obj.shape
+    if match := re.fullmatch(r"is there an? (\w+) (\w+)\?", question):
+        return "yes" if any((obj.color, obj.shape) == (match[1], match[2]) for obj in objects) else "no"
+    if match := re.fullmatch(r"what is the (\w+) (\w+) to the (\w+) (\w+)\?", question):
+        (subject,) = [obj for obj in objects if (obj.color, obj.shape) == (match[1], match[2])]
+        (reference,) = [obj for obj in objects if (obj.color, obj.shape) == (match[3], match[4])]
+        (relation,) = relations_between((subject.x, subject.y), (reference.x, reference.y), CLEAR_RELATION_MIN_COSINE)
+        return relation.split()[0]
+    match = re.fullmatch(r"is the (\w+) (\w+) (left of|right of|above|below) the (\w+) (\w+)\?", question)
+    (subject,) = [obj for obj in objects if (obj.color, obj.shape) == (match[1], match[2])]
+    (reference,) = [obj for obj in objects if (obj.color, obj.shape) == (match[4], match[5])]
+    relations = relations_between((subject.x, subject.y), (reference.x, reference.y), CLEAR_RELATION_MIN_COSINE)
+    opposite = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}[match[3]]
+    assert relations in ({match[3]}, {opposite}), "relation questions must be about a clear relation"
+    return "yes" if match[3] in relations else "no"
