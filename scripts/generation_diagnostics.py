@@ -69,7 +69,8 @@ opposite ("left of" -> "right of"); a model that reads both the image and the wo
 time. It prints the accuracy on the questions as asked, the share of "yes", and that flip consistency, per axis;
 and, whether the model sees the relation at all, its accuracy on each scene's training-only relation-word question
 ("what is the red circle to the blue square?" -> "left", chance 0.25), which only a model trained with
-`make_shapes_dataset(relation_word_share=...)` has been taught to answer.
+`make_shapes_dataset(relation_word_share=...)` has been taught to answer: how often its answer lies on the right axis,
+and how often, when it does, it has the right direction along each axis.
 """
 
 import argparse
@@ -513,11 +514,27 @@ def relation_flip_table(args) -> dict:
                   f"{row['yes']:.3f} | answer changes when the relation word flips: {row['flip_consistency']:.3f}",
                   flush=True)
         answered = answer_questions(pipe, list(scenes["image"]), list(word_questions))
-        table["relation_word"] = {"questions": len(words),
-                                  "accuracy": sum(a == w for a, w in zip(answered, words)) / len(words)}
-        print(f"{path} | relation word ({len(words)} questions, chance 0.25) | accuracy "
-              f"{table['relation_word']['accuracy']:.3f}", flush=True)
+        table["relation_word"] = row = relation_word_scores(answered, words)
+        direction = " / ".join("-" if row["direction"][axis] is None else f"{row['direction'][axis]:.3f}"
+                               for axis in ("horizontal", "vertical"))
+        print(f"{path} | relation word ({row['questions']} questions, chance 0.25) | accuracy {row['accuracy']:.3f} | "
+              f"right axis {row['axis']:.3f} | right direction on the right axis (h / v) {direction}", flush=True)
     return results
+
+
+_WORD_AXIS = {"left": "horizontal", "right": "horizontal", "above": "vertical", "below": "vertical"}
+
+
+def relation_word_scores(answered: list[str], words: list[str]) -> dict:
+    """Accuracy on the relation-word questions, split into seeing the axis (the answer names a relation along the
+    true one) and, among those answers, the direction along each axis (None where no answer had that axis)."""
+    on_axis = [(answer, word) for answer, word in zip(answered, words) if _WORD_AXIS.get(answer) == _WORD_AXIS[word]]
+    direction = {}
+    for axis in ("horizontal", "vertical"):
+        pairs = [(answer, word) for answer, word in on_axis if _WORD_AXIS[word] == axis]
+        direction[axis] = sum(answer == word for answer, word in pairs) / len(pairs) if pairs else None
+    return {"questions": len(words), "accuracy": sum(a == w for a, w in zip(answered, words)) / len(words),
+            "axis": len(on_axis) / len(words), "direction": direction}
 
 
 def main(argv: list[str] | None = None) -> None:

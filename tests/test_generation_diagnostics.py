@@ -194,6 +194,13 @@ def test_word_classifier_table_scores_shape_and_colour_at_each_time(diagnostics,
         run(diagnostics, "word-classifier", model_dir, "--times", 1.5)
 
 
+def test_relation_word_scores_split_seeing_the_axis_from_the_direction(diagnostics):
+    words = ["left", "left", "right", "above", "below", "below"]
+    answered = ["left", "right", "above", "above", "below", "yes"]
+    scores = diagnostics.relation_word_scores(answered, words)
+    assert scores == {"questions": 6, "accuracy": 0.5, "axis": 4 / 6, "direction": {"horizontal": 0.5, "vertical": 1.0}}
+
+
 def test_relation_flip_tells_a_reader_of_the_relation_word_from_one_that_ignores_it(diagnostics, model_dir, monkeypatch):
     from hydra_hf.data import make_shapes_dataset
 
@@ -213,7 +220,11 @@ def test_relation_flip_tells_a_reader_of_the_relation_word_from_one_that_ignores
         table = diagnostics.relation_flip_table(
             type("Args", (), {"num_scenes": 300, "seed": 777, "models": [str(model_dir)]}))[str(model_dir)]
         words = table.pop("relation_word")
-        assert words == {"questions": len(related_rows), "accuracy": 1.0 if answer is reader else 0.0}
+        assert words["questions"] == len(related_rows)
+        if answer is reader:
+            assert words == {**words, "accuracy": 1.0, "axis": 1.0, "direction": {"horizontal": 1.0, "vertical": 1.0}}
+        else:
+            assert words == {**words, "accuracy": 0.0, "axis": 0.0, "direction": {"horizontal": None, "vertical": None}}
         assert sum(row["questions"] for row in table.values()) == len(related_rows) > 0
         for row in table.values():
             assert row["flip_consistency"] == flips
