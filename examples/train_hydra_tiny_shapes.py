@@ -391,8 +391,8 @@ def main() -> None:
         help="share of the training scenes with two objects in a clear relation that ask for the relation word "
              "(\"what is the red circle to the blue square?\" -> \"left\"; make_shapes_dataset(relation_word_share=...)) "
              "instead of their question (yes/no relation questions stay), since a yes/no relation answer follows from "
-             "the picture and the asked word together only (0.5 and 1.0: the axis learnt, the direction near chance, "
-             "yes/no answers unchanged, other questions and drawing worse: twenty-eighth round)",
+             "the picture and the asked word together only (twenty-eighth round: the axis learnt, the direction only with "
+             "--image_position_scale and a second cycle; yes/no answers unchanged; other questions and drawing worse)",
     )
     parser.add_argument(
         "--image_position_scale", type=float, default=None,
