@@ -94,7 +94,7 @@ def load_script(relative_path: str):
 
 def row_scene(row: dict) -> Scene:
     """The scene of a `make_shapes_dataset` row."""
-    return Scene(tuple(ShapeObject.from_dict(obj) for obj in row["objects"]), row.get("category", "scene"))
+    return Scene(tuple(ShapeObject.from_dict(obj) for obj in row["objects"]), row["category"])
 
 
 def expected_answer(question, scene):
