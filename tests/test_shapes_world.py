@@ -186,6 +186,26 @@ def test_relation_word_share_asks_for_the_relation_in_a_share_of_the_other_rows(
         make_shapes_dataset(2, relation_word_share=1.5)
 
 
+def test_relation_question_share_asks_yes_no_relation_questions_in_the_rows_the_word_share_leaves(dataset):
+    plain_relations = sum(kind == "relation" for kind in dataset["question_type"]) / len(dataset)
+    mixed = make_shapes_dataset(210, seed=11, relation_word_share=0.5, relation_question_share=0.5)
+    words_only = make_shapes_dataset(210, seed=11, relation_word_share=0.5)
+    relations = [row for row in mixed if row["question_type"] == "relation"]
+    assert len(relations) / len(mixed) > plain_relations + 0.1
+    assert {row["answer"] for row in relations} == {"yes", "no"}
+    for row in relations:
+        assert row["answer"] == expected_answer(row["question"], row_scene(row))
+    for plain, word_row, row in zip(dataset, words_only, mixed):
+        assert row["objects"] == plain["objects"]
+        if row["question_type"] != "relation" or plain["question_type"] == "relation":
+            # the same draw decides both shares: the relation-word rows are those of relation_word_share alone
+            assert (row["question"], row["answer"]) == (word_row["question"], word_row["answer"])
+    with pytest.raises(ValueError, match="relation_question_share"):
+        make_shapes_dataset(2, relation_question_share=-0.1)
+    with pytest.raises(ValueError, match="at most 1"):
+        make_shapes_dataset(2, relation_word_share=0.6, relation_question_share=0.6)
+
+
 def test_yes_no_questions_are_balanced():
     rng = np.random.default_rng(0)
     for question_type in ("exists", "relation"):

@@ -442,11 +442,18 @@ def question_for(
             shape, color = _pick(rng, absent)
             answer = "no"
         return f"is there {_noun_phrase(shape, color)}?", answer, kind
+    return _relation_question(related_pairs, rng)
+
+
+def _relation_question(
+    related_pairs: Sequence[tuple[ShapeObject, ShapeObject, str]], rng: np.random.Generator
+) -> tuple[str, str, str]:
+    """A yes/no relation question about one of `related_pairs`; a "no" asks the opposite of the true relation."""
     subject, reference, relation = _pick(rng, related_pairs)
     answer = "yes" if rng.random() < 0.5 else "no"
     asked = relation if answer == "yes" else OPPOSITE_RELATION[relation]
     question = f"is the {subject.color} {subject.shape} {asked} the {reference.color} {reference.shape}?"
-    return question, answer, kind
+    return question, answer, "relation"
 
 
 def relation_word_question(scene: Scene, rng: np.random.Generator) -> tuple[str, str, str] | None:
@@ -494,16 +501,23 @@ def make_shapes_dataset(
     colors: Sequence[str] = tuple(PALETTE),
     featured_color: str | None = None,
     relation_word_share: float = 0.0,
+    relation_question_share: float = 0.0,
 ) -> datasets.Dataset:
     """`num_examples` rendered scenes with a caption and one question each, categories taken in turn.
 
     Pass `featured_color="pink"` for scenes that all feature the held-out colour (a LoRA concept demo); the
-    categories then default to those whose captions name the colour. With `relation_word_share` > 0, that share of
-    the scenes with two objects in a clear relation and no yes/no relation question ask `relation_word_question`
-    instead (training data only).
+    categories then default to those whose captions name the colour. Training data only: of the scenes with two
+    objects in a clear relation whose question is not a yes/no relation question, `relation_word_share` ask
+    `relation_word_question` instead and `relation_question_share` a yes/no relation question (a tenth of the
+    default rows are), so that a model sees more of the questions it finds hardest.
     """
-    if not 0.0 <= relation_word_share <= 1.0:
-        raise ValueError(f"relation_word_share must be in [0, 1], got {relation_word_share}")
+    shares = {"relation_word_share": relation_word_share, "relation_question_share": relation_question_share}
+    for name, share in shares.items():
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {share}")
+    if relation_word_share + relation_question_share > 1.0:
+        raise ValueError("relation_word_share + relation_question_share must be at most 1, got "
+                         f"{relation_word_share} + {relation_question_share}")
     if categories is None:
         categories = DATASET_CATEGORIES if featured_color is None else COLOR_NAMING_CATEGORIES
     question_colors = (*colors, featured_color) if featured_color and featured_color not in colors else colors
@@ -514,8 +528,12 @@ def make_shapes_dataset(
         question, answer, question_type = question_for(scene, rng, question_colors)
         # Drawn after everything else, and only when asked for, so that the other rows stay as they always were;
         # yes/no relation questions stay, the ones whose answers need the relation word read.
-        if question_type != "relation" and relation_word_share > 0 and rng.random() < relation_word_share:
-            question, answer, question_type = relation_word_question(scene, rng) or (question, answer, question_type)
+        if question_type != "relation" and relation_word_share + relation_question_share > 0:
+            draw, related_pairs = rng.random(), _related_pairs(scene.objects)
+            if related_pairs and draw < relation_word_share:
+                question, answer, question_type = relation_word_question(scene, rng)
+            elif related_pairs and draw < relation_word_share + relation_question_share:
+                question, answer, question_type = _relation_question(related_pairs, rng)
         rows["image"].append(render_scene(scene))
         rows["caption"].append(caption_for(scene))
         rows["question"].append(question)
