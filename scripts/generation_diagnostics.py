@@ -9,6 +9,7 @@
     python scripts/generation_diagnostics.py shape-guidance outputs/a/final [--scales 1.5 2 3]
     python scripts/generation_diagnostics.py word-classifier outputs/a/final [--num-scenes 120 --times 0.3 0.5 0.7 0.9]
     python scripts/generation_diagnostics.py relation-flip outputs/a/final [--num-scenes 2000]
+    python scripts/generation_diagnostics.py relation-probe outputs/a/final [--num-scenes 4000]
 
 flow-loss: held-out flow-matching loss at fixed flow times (1 = noise), with the caption and with the empty prompt
 (their difference is how much the velocity uses the prompt). Training logs one loss averaged over sampled times,
@@ -71,6 +72,14 @@ and, whether the model sees the relation at all, its accuracy on each scene's tr
 ("what is the red circle to the blue square?" -> "left", chance 0.25), which only a model trained with
 `make_shapes_dataset(relation_word_share=...)` has been taught to answer: how often its answer lies on the right axis,
 and how often, when it does, it has the right direction along each axis.
+
+relation-probe (an understanding check): where a yes/no relation answer is lost. Each relation question of the
+development scenes is asked as it is and flipped, so that the asked word says nothing of the true relation; linear
+probes on the LLM's hidden state at the answer position, after each layer (0: the embeddings), trained on 70% of the
+scenes and tested on the rest, read the asked word, the true relation of the two objects and the yes/no answer (chance
+0.25, 0.25, 0.5), and the true relation at the answer position of the relation-word question. A model that answers by
+comparing the relation it sees with the word it was asked must hold both at the answer position before its last
+layer.
 """
 
 import argparse
@@ -231,13 +240,19 @@ def band(text: str) -> tuple[float, float]:
 
 
 def probe_accuracy(features: torch.Tensor, labels: torch.Tensor, train_seeds: int) -> float:
-    """Test accuracy of an L2-regularised logistic regression on `features` `[seeds, prompts, dim]`, trained on the
-    first `train_seeds` seeds and tested on the rest."""
-    train, test = features[:train_seeds].flatten(0, 1), features[train_seeds:].flatten(0, 1)
+    """Test accuracy of a linear probe on `features` `[seeds, prompts, dim]`, trained on the first `train_seeds`
+    seeds and tested on the rest."""
+    return linear_probe_accuracy(features[:train_seeds].flatten(0, 1), labels.repeat(train_seeds),
+                                 features[train_seeds:].flatten(0, 1), labels.repeat(len(features) - train_seeds))
+
+
+def linear_probe_accuracy(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor,
+                          test_labels: torch.Tensor) -> float:
+    """Test accuracy of an L2-regularised logistic regression on standardised features `[rows, dim]`."""
+    train, test = train.float(), test.float()
     mean, std = train.mean(0), train.std(0) + 1e-6
     train, test = (train - mean) / std, (test - mean) / std
-    train_labels, test_labels = labels.repeat(train_seeds), labels.repeat(len(features) - train_seeds)
-    weight = torch.zeros(features.shape[-1], int(labels.max()) + 1, requires_grad=True)
+    weight = torch.zeros(train.shape[-1], int(max(train_labels.max(), test_labels.max())) + 1, requires_grad=True)
     bias = torch.zeros(weight.shape[1], requires_grad=True)
     optimizer = torch.optim.LBFGS([weight, bias], max_iter=500, line_search_fn="strong_wolfe")
 
@@ -522,6 +537,65 @@ def relation_flip_table(args) -> dict:
     return results
 
 
+@torch.no_grad()
+def last_position_states(pipe, images: list, questions: list[str], batch_size: int = 50) -> torch.Tensor:
+    """The LLM's hidden state after each layer (index 0: the embeddings) at the position that predicts the answer's
+    first token, `[layers + 1, questions, hidden]`; the processor pads on the left, so that is the last position."""
+    states = []
+    for start in range(0, len(questions), batch_size):
+        conversations = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+                         for question in questions[start : start + batch_size]]
+        texts = pipe.processor.apply_chat_template(conversations, add_generation_prompt=True)
+        inputs = pipe.processor(text=texts, images=images[start : start + batch_size]).to(pipe.device)
+        hidden = pipe.model(**inputs, output_hidden_states=True).hidden_states
+        states.append(torch.stack([layer[:, -1] for layer in hidden]))
+    return torch.cat(states, dim=1)
+
+
+def relation_probe_table(args, train_share: float = 0.7) -> dict:
+    """Per LLM layer, how well a linear probe at the answer position reads the asked relation word, the true relation
+    and the yes/no answer of relation questions, and the true relation at the relation-word question's answer
+    position; the first `train_share` of the scenes train the probes, the rest test them."""
+    scenes = make_shapes_dataset(args.num_scenes, seed=args.seed)
+    scenes = scenes.select([index for index, kind in enumerate(scenes["question_type"]) if kind == "relation"])
+    relations = list(OPPOSITE_RELATION)
+    questions, asked, truths, answers = [], [], [], []
+    for question, answer in zip(scenes["question"], scenes["answer"]):
+        word = next(relation for relation in relations if f" {relation} the " in question)
+        truth = word if answer == "yes" else OPPOSITE_RELATION[word]
+        # each scene asked both ways, so that the asked word says nothing of the true relation
+        for asked_word, text in ((word, question), (OPPOSITE_RELATION[word], flip_relation(question))):
+            questions.append(text)
+            asked.append(relations.index(asked_word))
+            truths.append(relations.index(truth))
+            answers.append(int(asked_word == truth))
+    word_questions, words = zip(*(
+        relation_word_question(Scene(tuple(map(ShapeObject.from_dict, objects))), example_rng(args.seed, index))[:2]
+        for index, objects in enumerate(scenes["objects"])
+    ))
+    word_labels = torch.tensor([relations.index(next(r for r in relations if r.startswith(word))) for word in words])
+    images = list(scenes["image"])
+    split = int(train_share * len(images))
+    labels = {"asked word": torch.tensor(asked), "true relation": torch.tensor(truths), "answer": torch.tensor(answers)}
+    results = {}
+    for path in args.models:
+        pipe = HydraPipeline.from_pretrained(path)
+        yes_no = last_position_states(pipe, [image for image in images for _ in range(2)], questions)
+        word = last_position_states(pipe, images, list(word_questions))
+        results[path] = table = {}
+        for layer in range(len(yes_no)):
+            table[layer] = row = {
+                name: linear_probe_accuracy(yes_no[layer, : 2 * split], values[: 2 * split],
+                                            yes_no[layer, 2 * split :], values[2 * split :])
+                for name, values in labels.items()
+            }
+            row["true relation, relation-word question"] = linear_probe_accuracy(
+                word[layer, :split], word_labels[:split], word[layer, split:], word_labels[split:])
+            print(f"{path} | layer {layer} | " + " | ".join(f"{name} {value:.3f}" for name, value in row.items()),
+                  flush=True)
+    return results
+
+
 _WORD_AXIS = {"left": "horizontal", "right": "horizontal", "above": "vertical", "below": "vertical"}
 
 
@@ -572,10 +646,14 @@ def main(argv: list[str] | None = None) -> None:
     relation = commands.add_parser("relation-flip", help="do the answers to relation questions read the relation word")
     relation.add_argument("--num-scenes", type=int, default=2000, help="development scenes (seed --seed)")
     relation.add_argument("--seed", type=int, default=777)
+    relation_probe = commands.add_parser("relation-probe", help="which LLM layer holds the relation, the asked word "
+                                         "and the yes/no answer at the answer position")
+    relation_probe.add_argument("--num-scenes", type=int, default=4000, help="development scenes (seed --seed)")
+    relation_probe.add_argument("--seed", type=int, default=777)
     for command in (word, probe, stochastic):
         command.add_argument("--pag-scale", type=float, default=3.0, help="0: no guidance")
         command.add_argument("--pag-layers", type=int, nargs="+", default=[1])
-    for command in (flow, word, probe, stochastic, verify, failures, shape, classifier, relation):
+    for command in (flow, word, probe, stochastic, verify, failures, shape, classifier, relation, relation_probe):
         command.add_argument("models", nargs="+", help="HYDRA folders")
         command.add_argument("--json", help="also write the results as JSON here")
     args = parser.parse_args(argv)
@@ -590,7 +668,8 @@ def main(argv: list[str] | None = None) -> None:
     tables = {"flow-loss": flow_loss_table, "word-effect": word_effect_table, "word-probe": word_probe_table,
               "stochastic-steps": stochastic_steps_table, "self-verify": self_verify_table,
               "failures": failures_table, "shape-guidance": shape_guidance_table,
-              "word-classifier": word_classifier_table, "relation-flip": relation_flip_table}
+              "word-classifier": word_classifier_table, "relation-flip": relation_flip_table,
+              "relation-probe": relation_probe_table}
     results = tables[args.command](args)
     if args.json:
         with open(args.json, "w") as handle:

@@ -229,3 +229,49 @@ def test_relation_flip_tells_a_reader_of_the_relation_word_from_one_that_ignores
                 assert row["accuracy"] == 1.0
             else:
                 assert row["yes"] == yes_share and row["accuracy"] < 1.0
+
+
+def test_relation_probe_reads_each_label_from_the_layer_that_carries_it(diagnostics, model_dir, monkeypatch):
+    from hydra_hf.data import make_shapes_dataset
+    from hydra_hf.data.shapes import OPPOSITE_RELATION
+
+    relations = list(OPPOSITE_RELATION)
+    scenes = [row_scene(row) for row in make_shapes_dataset(600, seed=777) if row["question_type"] == "relation"]
+    generator = torch.Generator().manual_seed(0)
+
+    # Layer 1 carries the asked word, layer 2 the true relation, layer 3 the yes/no answer; layer 0 only noise.
+    def states(pipe, images, questions, batch_size=50):
+        features = torch.randn(4, len(questions), 12, generator=generator)
+        for index, question in enumerate(questions):
+            if question.startswith("what is"):  # one relation-word question per scene
+                truth = expected_answer(question, scenes[index])
+                asked, answer = truth, 1
+            else:  # each scene asked as it is and flipped
+                asked = next(relation for relation in relations if f" {relation} the " in question)
+                answer = int(expected_answer(question, scenes[index // 2]) == "yes")
+                truth = asked if answer else OPPOSITE_RELATION[asked]
+            features[1, index, [relation.startswith(asked) for relation in relations].index(True)] += 10
+            features[2, index, 4 + [relation.startswith(truth) for relation in relations].index(True)] += 10
+            features[3, index, 8 + answer] += 10
+        return features
+
+    monkeypatch.setattr(diagnostics, "last_position_states", states)
+    table = diagnostics.relation_probe_table(
+        type("Args", (), {"num_scenes": 600, "seed": 777, "models": [str(model_dir)]}))[str(model_dir)]
+    assert table[1]["asked word"] == table[2]["true relation"] == table[3]["answer"] == 1.0
+    assert table[2]["true relation, relation-word question"] == 1.0
+    assert table[0]["answer"] < 0.75 and table[0]["true relation"] < 0.6 and table[3]["asked word"] < 0.6
+
+
+def test_last_position_states_do_not_depend_on_the_batch_padding(diagnostics, model_dir):
+    from hydra_hf import HydraPipeline
+    from hydra_hf.data import make_shapes_dataset
+
+    pipe = HydraPipeline.from_pretrained(model_dir)
+    image = make_shapes_dataset(1, seed=777)["image"][0]
+    short, long = "is the red circle above the blue square?", "what is the red circle to the blue square on the left?"
+    alone = diagnostics.last_position_states(pipe, [image], [short])
+    padded = diagnostics.last_position_states(pipe, [image, image], [short, long])
+    assert padded.shape == (pipe.model.config.text_config.num_hidden_layers + 1, 2, alone.shape[-1])
+    torch.testing.assert_close(padded[:, :1], alone, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(padded[-1, 0], padded[-1, 1])
