@@ -400,6 +400,11 @@ def main() -> None:
              "instead (make_shapes_dataset(relation_question_share=...)); a tenth of the default rows are such questions",
     )
     parser.add_argument(
+        "--one_sided_relation_share", type=float, default=0.0,
+        help="share of the yes/no relation questions that ask only about pairs whose subject lies left of or above its "
+             "reference (make_shapes_dataset(one_sided_relation_share=...)), so that the asked word alone gives the answer",
+    )
+    parser.add_argument(
         "--image_position_scale", type=float, default=None,
         help="add fixed 2-D sin-cos positions of this scale to the visual tokens the LLM reads, from the first unified "
              "stage trained here (HydraConfig.image_position_scale; default: the start's, none for a new model), so "
@@ -489,7 +494,8 @@ def main() -> None:
         parser.error(f"--patch_size must divide the {IMAGE_SIZE} px canvas, got {args.patch_size}")
     if args.train_categories is not None and args.start_from is None:
         parser.error("--train_categories needs --start_from: the first stages train on every category")
-    for flag in ("generation_ratio", "caption_ratio", "relation_word_share", "relation_question_share"):
+    for flag in ("generation_ratio", "caption_ratio", "relation_word_share", "relation_question_share",
+                 "one_sided_relation_share"):
         if not 0.0 <= getattr(args, flag) <= 1.0:
             parser.error(f"--{flag} must be in [0, 1], got {getattr(args, flag)}")
     if args.relation_word_share + args.relation_question_share > 1.0:
@@ -500,7 +506,8 @@ def main() -> None:
     pretrain_scenes = args.num_pretrain_scenes if args.start_from is None else 0
     dataset = make_shapes_dataset(max(args.num_scenes, pretrain_scenes), seed=args.data_seed,
                                   categories=args.train_categories, relation_word_share=args.relation_word_share,
-                                  relation_question_share=args.relation_question_share)
+                                  relation_question_share=args.relation_question_share,
+                                  one_sided_relation_share=args.one_sided_relation_share)
     pretrain_dataset = dataset.select(range(pretrain_scenes))
     dataset = dataset.select(range(args.num_scenes))
     llm_size = {**LLM, "hidden_size": args.llm_hidden_size, "num_hidden_layers": args.llm_num_layers}
@@ -535,12 +542,13 @@ def main() -> None:
               "llm_seed": args.llm_seed, "unified_seed": args.unified_seed,
               "prompt_contrast_weight": args.prompt_contrast_weight, "prompt_contrast_min_time": args.prompt_contrast_min_time,
               "image_position_scale": model.config.image_position_scale, "caption_ratio": args.caption_ratio,
-              "relation_word_share": args.relation_word_share, "relation_question_share": args.relation_question_share}
+              "relation_word_share": args.relation_word_share, "relation_question_share": args.relation_question_share,
+              "one_sided_relation_share": args.one_sided_relation_share}
     if args.start_from is not None:  # the model's shape and first stages are the start's: keep its own recipe
         earlier = args.start_from / "training_recipe.json"
         kept = ("stages", "scale", "scenes", "stage_ii_cycles", "generation_ratio", "ema_decay", "seed", "data_seed",
                 "unified_seed", "prompt_contrast_weight", "prompt_contrast_min_time", "image_position_scale", "caption_ratio",
-                "relation_word_share", "relation_question_share")
+                "relation_word_share", "relation_question_share", "one_sided_relation_share")
         recipe = {"start_from": str(args.start_from), "start_recipe": json.loads(earlier.read_text()) if earlier.is_file() else None,
                   **{key: recipe[key] for key in kept}}
         if args.train_categories is not None:

@@ -206,6 +206,21 @@ def test_relation_question_share_asks_yes_no_relation_questions_in_the_rows_the_
         make_shapes_dataset(2, relation_word_share=0.6, relation_question_share=0.6)
 
 
+def test_one_sided_relation_share_lets_the_asked_word_give_the_answer(dataset):
+    one_sided = make_shapes_dataset(210, seed=11, one_sided_relation_share=1.0)
+    relations = [row for row in one_sided if row["question_type"] == "relation"]
+    assert {row["answer"] for row in relations} == {"yes", "no"}
+    for row in relations:
+        assert row["answer"] == expected_answer(row["question"], row_scene(row))
+        assert (row["answer"] == "yes") == (" left of " in row["question"] or " above " in row["question"])
+    for plain, row in zip(dataset, one_sided):
+        assert row["question_type"] == plain["question_type"]
+        if row["question_type"] != "relation":
+            assert (row["question"], row["answer"]) == (plain["question"], plain["answer"])
+    with pytest.raises(ValueError, match="one_sided_relation_share"):
+        make_shapes_dataset(2, one_sided_relation_share=2.0)
+
+
 def test_yes_no_questions_are_balanced():
     rng = np.random.default_rng(0)
     for question_type in ("exists", "relation"):

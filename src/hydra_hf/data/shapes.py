@@ -95,6 +95,7 @@ RELATION_WORD_QUESTION_TYPE = "relation_word"
 CLEAR_RELATION_MIN_COSINE = 0.85
 _RELATION_PHRASES = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}
 OPPOSITE_RELATION = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+ONE_SIDED_RELATIONS = ("left of", "above")  # one of each opposite pair
 _COUNT_WORDS = {2: "two", 3: "three", 4: "four"}
 _PLACEMENT_TRIES = 200
 _T = TypeVar("_T")
@@ -502,6 +503,7 @@ def make_shapes_dataset(
     featured_color: str | None = None,
     relation_word_share: float = 0.0,
     relation_question_share: float = 0.0,
+    one_sided_relation_share: float = 0.0,
 ) -> datasets.Dataset:
     """`num_examples` rendered scenes with a caption and one question each, categories taken in turn.
 
@@ -509,9 +511,12 @@ def make_shapes_dataset(
     categories then default to those whose captions name the colour. Training data only: of the scenes with two
     objects in a clear relation whose question is not a yes/no relation question, `relation_word_share` ask
     `relation_word_question` instead and `relation_question_share` a yes/no relation question (a tenth of the
-    default rows are), so that a model sees more of the questions it finds hardest.
+    default rows are), so that a model sees more of the questions it finds hardest. `one_sided_relation_share` of the
+    yes/no relation questions then ask only about pairs whose subject lies left of or above its reference, so that
+    the asked word alone gives their answer: a nudge to carry the word to where the answer is read.
     """
-    shares = {"relation_word_share": relation_word_share, "relation_question_share": relation_question_share}
+    shares = {"relation_word_share": relation_word_share, "relation_question_share": relation_question_share,
+              "one_sided_relation_share": one_sided_relation_share}
     for name, share in shares.items():
         if not 0.0 <= share <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {share}")
@@ -534,6 +539,10 @@ def make_shapes_dataset(
                 question, answer, question_type = relation_word_question(scene, rng)
             elif related_pairs and draw < relation_word_share + relation_question_share:
                 question, answer, question_type = _relation_question(related_pairs, rng)
+        if question_type == "relation" and one_sided_relation_share > 0 and rng.random() < one_sided_relation_share:
+            # every related pair's reverse is one-sided, so there is always one to ask about
+            one_sided = [pair for pair in _related_pairs(scene.objects) if pair[2] in ONE_SIDED_RELATIONS]
+            question, answer, question_type = _relation_question(one_sided, rng)
         rows["image"].append(render_scene(scene))
         rows["caption"].append(caption_for(scene))
         rows["question"].append(question)
