@@ -402,7 +402,9 @@ def main() -> None:
     parser.add_argument(
         "--one_sided_relation_share", type=float, default=0.0,
         help="share of the yes/no relation questions that ask only about pairs whose subject lies left of or above its "
-             "reference (make_shapes_dataset(one_sided_relation_share=...)), so that the asked word alone gives the answer",
+             "reference (make_shapes_dataset(one_sided_relation_share=...)), so that the asked word alone gives the answer "
+             "(0.5: balanced development relation questions 0.90-0.96 right against 0.46 without; held-out VQA 0.946 "
+             "after a further cycle, held-out GenEval-style 0.365: twenty-ninth round)",
     )
     parser.add_argument(
         "--image_position_scale", type=float, default=None,
