@@ -496,21 +496,33 @@ def word_classifier_table(args) -> dict:
     return results
 
 
+def asked_relation(question: str) -> str:
+    """The relation a yes/no relation question asks about: "is the red circle left of the blue square?" -> "left of"."""
+    return next(relation for relation in OPPOSITE_RELATION if f" {relation} the " in question)
+
+
 def flip_relation(question: str) -> str:
     """"is the red circle left of the blue square?" -> "is the red circle right of the blue square?"."""
-    relation = next(relation for relation in OPPOSITE_RELATION if f" {relation} the " in question)
+    relation = asked_relation(question)
     return question.replace(f" {relation} the ", f" {OPPOSITE_RELATION[relation]} the ")
 
 
-def relation_flip_table(args) -> dict:
-    scenes = make_shapes_dataset(args.num_scenes, seed=args.seed)
+def relation_scenes(num_scenes: int, seed: int):
+    """The scenes of seed `seed` (among the first `num_scenes`) that ask a yes/no relation question, with each one's
+    relation-word question and its answer ("what is the red circle to the blue square?", "left")."""
+    scenes = make_shapes_dataset(num_scenes, seed=seed)
     scenes = scenes.select([index for index, kind in enumerate(scenes["question_type"]) if kind == "relation"])
-    questions, truths = list(scenes["question"]), list(scenes["answer"])
-    axes = ["horizontal" if " left of " in q or " right of " in q else "vertical" for q in questions]
     word_questions, words = zip(*(
-        relation_word_question(Scene(tuple(map(ShapeObject.from_dict, objects))), example_rng(args.seed, index))[:2]
+        relation_word_question(Scene(tuple(map(ShapeObject.from_dict, objects))), example_rng(seed, index))[:2]
         for index, objects in enumerate(scenes["objects"])
     ))
+    return scenes, list(word_questions), list(words)
+
+
+def relation_flip_table(args) -> dict:
+    scenes, word_questions, words = relation_scenes(args.num_scenes, args.seed)
+    questions, truths = list(scenes["question"]), list(scenes["answer"])
+    axes = ["horizontal" if " left of " in q or " right of " in q else "vertical" for q in questions]
     results = {}
     for path in args.models:
         pipe = HydraPipeline.from_pretrained(path)
@@ -528,7 +540,7 @@ def relation_flip_table(args) -> dict:
             print(f"{path} | {axis} ({row['questions']} questions) | accuracy {row['accuracy']:.3f} | yes "
                   f"{row['yes']:.3f} | answer changes when the relation word flips: {row['flip_consistency']:.3f}",
                   flush=True)
-        answered = answer_questions(pipe, list(scenes["image"]), list(word_questions))
+        answered = answer_questions(pipe, list(scenes["image"]), word_questions)
         table["relation_word"] = row = relation_word_scores(answered, words)
         direction = " / ".join("-" if row["direction"][axis] is None else f"{row['direction'][axis]:.3f}"
                                for axis in ("horizontal", "vertical"))
@@ -556,12 +568,11 @@ def relation_probe_table(args, train_share: float = 0.7) -> dict:
     """Per LLM layer, how well a linear probe at the answer position reads the asked relation word, the true relation
     and the yes/no answer of relation questions, and the true relation at the relation-word question's answer
     position; the first `train_share` of the scenes train the probes, the rest test them."""
-    scenes = make_shapes_dataset(args.num_scenes, seed=args.seed)
-    scenes = scenes.select([index for index, kind in enumerate(scenes["question_type"]) if kind == "relation"])
+    scenes, word_questions, words = relation_scenes(args.num_scenes, args.seed)
     relations = list(OPPOSITE_RELATION)
     questions, asked, truths, answers = [], [], [], []
     for question, answer in zip(scenes["question"], scenes["answer"]):
-        word = next(relation for relation in relations if f" {relation} the " in question)
+        word = asked_relation(question)
         truth = word if answer == "yes" else OPPOSITE_RELATION[word]
         # each scene asked both ways, so that the asked word says nothing of the true relation
         for asked_word, text in ((word, question), (OPPOSITE_RELATION[word], flip_relation(question))):
@@ -569,10 +580,6 @@ def relation_probe_table(args, train_share: float = 0.7) -> dict:
             asked.append(relations.index(asked_word))
             truths.append(relations.index(truth))
             answers.append(int(asked_word == truth))
-    word_questions, words = zip(*(
-        relation_word_question(Scene(tuple(map(ShapeObject.from_dict, objects))), example_rng(args.seed, index))[:2]
-        for index, objects in enumerate(scenes["objects"])
-    ))
     word_labels = torch.tensor([relations.index(next(r for r in relations if r.startswith(word))) for word in words])
     images = list(scenes["image"])
     split = int(train_share * len(images))
@@ -581,7 +588,7 @@ def relation_probe_table(args, train_share: float = 0.7) -> dict:
     for path in args.models:
         pipe = HydraPipeline.from_pretrained(path)
         yes_no = last_position_states(pipe, [image for image in images for _ in range(2)], questions)
-        word = last_position_states(pipe, images, list(word_questions))
+        word = last_position_states(pipe, images, word_questions)
         results[path] = table = {}
         for layer in range(len(yes_no)):
             table[layer] = row = {
