@@ -6,8 +6,8 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from PIL import Image
 
 from hydra_hf import cli
-from hydra_hf.data.shapes import generation_scenes, prompt_spec_for
-from hydra_hf.evaluation.shapes_eval import evaluate_shapes, generate_for_specs
+from hydra_hf.data.shapes import generation_scenes, prompt_spec_for, render_scene
+from hydra_hf.evaluation.shapes_eval import EVAL_SEED, evaluate_shapes, generate_for_specs
 from hydra_hf.pipelines import HydraPipeline
 
 from .utils import save_tiny_hydra
@@ -144,6 +144,32 @@ def test_generation_guides_each_batch_against_its_prompts_own_negatives(model_di
     assert [negative for _, negative in calls] == [None, None]  # the pipeline's default, the empty prompt
     with pytest.raises(ValueError, match="one of `negative_prompts` per prompt spec"):
         generate_for_specs(pipe, specs, negative_prompts=["n0"])
+
+
+def test_several_images_per_prompt_keep_the_first_image_and_score_each_prompt_by_its_share(model_dir, monkeypatch):
+    """Image j of prompt i comes from noise seed EVAL_SEED + j * num_scenes + i (so the first image of each prompt is
+    the single-image run's); a prompt whose first image is its reference scene and whose second is blank scores 0.5."""
+    pipe = HydraPipeline.from_pretrained(model_dir)
+    references = [render_scene(scene) for scene in generation_scenes(6, seed=EVAL_SEED)]
+    drawn = []  # (prompt, seed)
+
+    def draw(self, prompts, generator, **kwargs):
+        seeds = [g.initial_seed() - EVAL_SEED for g in generator]
+        drawn.extend(zip(prompts, seeds))
+        return ImagePipelineOutput(images=[references[k] if k < 6 else Image.new("RGB", (64, 64), "white") for k in seeds])
+
+    monkeypatch.setattr(HydraPipeline, "__call__", draw)
+    result = evaluate_shapes(pipe, num_scenes=6, batch_size=4, parts=("generation",), images_per_prompt=2)
+    prompts = [prompt_spec_for(scene).prompt for scene in generation_scenes(6, seed=EVAL_SEED)]
+    assert drawn == [(prompts[k % 6], k) for k in range(12)]
+    assert result.generation_outcomes == {category: [0.5] for category in result.generation_outcomes}
+    assert result.generation["overall"] == 0.5 and result.images_per_prompt == 2
+    assert "(2 images per prompt)" in result.to_markdown()
+    drawn.clear()
+    single = evaluate_shapes(pipe, num_scenes=6, batch_size=4, parts=("generation",))
+    assert drawn == [(prompts[k], k) for k in range(6)] and single.generation["overall"] == 1.0
+    with pytest.raises(SystemExit, match="--images-per-prompt must be >= 1"):
+        cli.main(["eval", "shapes", "--model", str(model_dir), "--images-per-prompt", "0"])
 
 
 def test_editing_scores_edits_of_each_prompts_own_reference_scene(model_dir, monkeypatch):

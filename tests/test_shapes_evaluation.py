@@ -26,6 +26,7 @@ from hydra_hf.evaluation import (
     count_specks,
     detect_objects,
     format_scores_table,
+    generation_outcomes,
     overall_standard_error,
     paired_overall_difference,
     psnr,
@@ -186,6 +187,23 @@ def test_generation_score_is_low_on_blank_and_mismatched_images():
     assert score_generation([blank] * len(specs), specs)["overall"] == 0.0
     shuffled = [render_scene(scene) for scene in scenes[1:] + scenes[:1]]
     assert score_generation(shuffled, specs)["overall"] < 0.4
+
+
+def test_several_images_per_prompt_score_each_prompt_by_its_share_of_satisfied_images():
+    """`images` holds rounds of one image per prompt: a prompt whose reference is drawn in one round of three scores
+    1/3, one drawn in every round 1; the rounds are not read as consecutive images of one prompt."""
+    specs, scenes = generation_prompts(12, seed=8), generation_scenes(12, seed=8)
+    references = [render_scene(scene) for scene in scenes]
+    blank = Image.new("RGB", (64, 64), (255, 255, 255))
+    drawn_once = references + [blank] * 12 + [blank] * 12
+    outcomes = generation_outcomes(drawn_once, specs, images_per_prompt=3)
+    assert outcomes == {category: [pytest.approx(1 / 3)] * 2 for category in GENERATION_CATEGORIES}
+    assert generation_outcomes(references * 3, specs, images_per_prompt=3) == generation_outcomes(references, specs)
+    assert scores_from_outcomes(outcomes)["overall"] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="expected 36"):
+        generation_outcomes(references, specs, images_per_prompt=3)
+    with pytest.raises(ValueError, match="at least 1"):
+        generation_outcomes(references, specs, images_per_prompt=0)
 
 
 def test_counting_requires_the_exact_number():

@@ -113,7 +113,8 @@ def evaluate(args) -> None:
     pipe = load_pipeline(args.model, quiet=True)
     result = evaluate_shapes(pipe, num_scenes=args.num_scenes, seed=args.seed, num_inference_steps=args.steps,
                              batch_size=args.batch_size, parts=tuple(args.parts),
-                             edit_strengths=tuple(args.edit_strengths), **_guidance(args))
+                             edit_strengths=tuple(args.edit_strengths), images_per_prompt=args.images_per_prompt,
+                             **_guidance(args))
     print(result.to_markdown())
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -139,8 +140,10 @@ def compare(args) -> None:
     if prompts[0] != prompts[1]:
         raise SystemExit(f"a paired comparison needs the same prompts and noise seeds; got (num_scenes, seed) "
                          f"{prompts[0]} and {prompts[1]}")
-    print(f"{args.first} (A) against {args.second} (B): {prompts[0][0]} prompts of seed {prompts[0][1]}, each image "
-          "from the same noise seed; A - B +- its standard error over the prompts")
+    images = [result.get("images_per_prompt", 1) for result in (first, second)]
+    drawn = "one image" if images == [1, 1] else f"{images[0]} and {images[1]} images"
+    print(f"{args.first} (A) against {args.second} (B): {prompts[0][0]} prompts of seed {prompts[0][1]}, {drawn} per "
+          "prompt, the j-th from the same noise seed in both; A - B +- its standard error over the prompts")
     print("| score | A | B | A - B |\n|---|---:|---:|---:|")
     for name, key in (("GenEval-style overall", "generation_outcomes"), ("well-drawn overall", "well_drawn_outcomes")):
         difference, error = paired_overall_difference(first[key], second[key])
@@ -203,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="for --parts editing: flow times the generation prompts' reference scenes are noised to "
                              "before the model denoises them (low scores already at small times: it loses the shapes' "
                              "details; only at large ones: the layout)")
+    shapes.add_argument("--images-per-prompt", type=int, default=1,
+                        help="images drawn per generation prompt (GenEval draws 4); the first of each is the one a "
+                             "single-image run draws, and more of them make `eval compare` less noisy")
     shapes.add_argument("--json", help="also write the scores as JSON here (with per-prompt outcomes, for compare)")
     shapes.set_defaults(func=evaluate)
     paired = suite.add_parser("compare", help="paired difference of two `eval shapes --json` results on the same prompts")
@@ -215,8 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    if getattr(args, "steps", 1) < 1:
-        raise SystemExit("--steps must be >= 1")
+    for name in ("steps", "images_per_prompt"):
+        if getattr(args, name, 1) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
     for name in ("guidance", "pag_scale"):
         if (getattr(args, name, None) or 0) < 0:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 0")

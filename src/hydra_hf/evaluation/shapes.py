@@ -247,24 +247,32 @@ WELL_DRAWN_MIN_FIT = 0.8
 
 def generation_outcomes(
     images: Sequence[Image.Image | np.ndarray], prompt_specs: Sequence[PromptSpec | Mapping[str, Any]],
-    min_fit: float = 0.0,
-) -> dict[str, list[bool]]:
-    """Whether each image satisfies its prompt, grouped by GenEval category in prompt order. Specs may be
-    `PromptSpec`s or their `to_dict()` form. Detections that fit their shape below `min_fit` do not count
-    (`WELL_DRAWN_MIN_FIT`: only well-drawn shapes)."""
-    if len(images) != len(prompt_specs):
-        raise ValueError(f"Got {len(images)} images for {len(prompt_specs)} prompt specs.")
-    outcomes: dict[str, list[bool]] = {}
-    for image, spec in zip(images, prompt_specs):
+    min_fit: float = 0.0, images_per_prompt: int = 1,
+) -> dict[str, list[float]]:
+    """The share of each prompt's images that satisfy it, grouped by GenEval category in prompt order (with one image
+    per prompt: whether it does). Specs may be `PromptSpec`s or their `to_dict()` form. With `images_per_prompt` N
+    (GenEval draws 4), `images` holds N rounds of one image per spec (`images[round * len(prompt_specs) + i]` is for
+    spec i). Detections that fit their shape below `min_fit` do not count (`WELL_DRAWN_MIN_FIT`: only well-drawn
+    shapes)."""
+    if images_per_prompt < 1:
+        raise ValueError(f"images_per_prompt must be at least 1, got {images_per_prompt}")
+    if len(images) != len(prompt_specs) * images_per_prompt:
+        raise ValueError(f"Got {len(images)} images for {len(prompt_specs)} prompt specs and {images_per_prompt} "
+                         f"image(s) per prompt; expected {len(prompt_specs) * images_per_prompt}.")
+    outcomes: dict[str, list[float]] = {}
+    for index, spec in enumerate(prompt_specs):
         if not isinstance(spec, PromptSpec):
             spec = PromptSpec.from_dict(spec)
-        detections = [detection for detection in detect_objects(image) if detection.fit >= min_fit]
-        outcomes.setdefault(spec.category, []).append(spec_satisfied(detections, spec))
+        satisfied = [
+            spec_satisfied([found for found in detect_objects(image) if found.fit >= min_fit], spec)
+            for image in images[index :: len(prompt_specs)]
+        ]
+        outcomes.setdefault(spec.category, []).append(sum(satisfied) / images_per_prompt)
     return {category: outcomes[category] for category in GENERATION_CATEGORIES if category in outcomes}
 
 
-def scores_from_outcomes(outcomes: Mapping[str, Sequence[bool]]) -> dict[str, float]:
-    """Each category's fraction of satisfied prompts, and "overall", GenEval's headline mean over the categories."""
+def scores_from_outcomes(outcomes: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """Each category's mean share of satisfied images, and "overall", GenEval's headline mean over the categories."""
     scores = {category: sum(values) / len(values) for category, values in outcomes.items()}
     scores["overall"] = sum(scores.values()) / len(scores) if scores else math.nan
     return scores
@@ -282,14 +290,16 @@ def score_generation(
 def overall_standard_error(scores: Mapping[str, float], prompt_specs: Sequence[PromptSpec | Mapping[str, Any]]) -> float:
     """The standard error of `score_generation`'s "overall" over the draw of prompts and noise: each category's score
     is a proportion over its prompts and the overall their mean. Two models scored on different prompt sets differ by
-    noise alone about sqrt(2) times this; on the same prompts and seeds, `paired_overall_difference` says by how much."""
+    noise alone about sqrt(2) times this; on the same prompts and seeds, `paired_overall_difference` says by how much.
+    With several images per prompt it is an upper bound: a prompt's share of satisfied images varies less than one
+    image's outcome."""
     counts = Counter(spec.category if isinstance(spec, PromptSpec) else spec["category"] for spec in prompt_specs)
     variance = sum(scores[category] * (1 - scores[category]) / count for category, count in counts.items())
     return math.sqrt(variance) / len(counts)
 
 
 def paired_overall_difference(
-    first: Mapping[str, Sequence[bool]], second: Mapping[str, Sequence[bool]]
+    first: Mapping[str, Sequence[float]], second: Mapping[str, Sequence[float]]
 ) -> tuple[float, float]:
     """The difference of two models' GenEval-style overalls on the same prompts and noise seeds (`generation_outcomes`
     of each), and its standard error from the per-prompt differences. The more prompts the two agree on, the smaller
