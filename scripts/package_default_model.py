@@ -35,6 +35,14 @@ def eval_table(scores: dict) -> dict[str, float]:
     return table
 
 
+def evaluation_summary(scores: dict) -> str:
+    """How the card's figures were measured, with the images drawn per prompt when there were several (scores from
+    before `--images-per-prompt` drew one)."""
+    images = scores.get("images_per_prompt", 1)
+    flag = f" --images-per-prompt {images}" if images > 1 else ""
+    return f"{scores['num_scenes']} held-out scenes (seed {scores['seed']}), `hydra-hf eval shapes{flag}`, {scores['settings']}"
+
+
 # training_recipe.json keys not named after their flag of examples/train_hydra_tiny_shapes.py, and those of no flag.
 RECIPE_FLAG_NAMES = {"scenes": "num_scenes", "pretrain_scenes": "num_pretrain_scenes"}
 RECIPE_NOT_FLAGS = ("stages", "seed", "llm")  # the step table, the fixed training seed, the LLM's size (two flags)
@@ -145,8 +153,7 @@ def install(args, scores: dict, recipe: dict, staging: Path) -> None:
             "of them for the pretraining and tokenizer stages",
             "seeds": f"first stages {first['seed']}, LLM pretraining {first.get('llm_seed', first['seed'])}, unified "
             f"stages {unified_seeds}{' (the averaged draws)' if len(last) > 1 else ''}; training scenes {scene_seeds}",
-            "evaluation": f"{scores['num_scenes']} held-out scenes (seed {scores['seed']}), `hydra-hf eval shapes`, "
-            f"{scores['settings']}",
+            "evaluation": evaluation_summary(scores),
         },
         eval_results=eval_table(scores),
         num_inference_steps=scores["settings"]["steps"],

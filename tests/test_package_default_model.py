@@ -123,3 +123,11 @@ def test_training_further_refuses_flags_that_the_start_has_fixed(tmp_path):
     assert not (tmp_path / "run").exists()
     result = subprocess.run([*command[:4], "--train_categories", "colors"], capture_output=True, text=True)
     assert result.returncode == 2 and "--train_categories needs --start_from" in result.stderr
+
+
+def test_card_says_how_many_images_per_prompt_its_generation_scores_drew():
+    packager = load_packager()
+    scores = {"num_scenes": 500, "seed": 12345, "settings": {"steps": 30}}
+    assert packager.evaluation_summary(scores) == "500 held-out scenes (seed 12345), `hydra-hf eval shapes`, {'steps': 30}"
+    assert packager.evaluation_summary({**scores, "images_per_prompt": 1}) == packager.evaluation_summary(scores)
+    assert "`hydra-hf eval shapes --images-per-prompt 4`" in packager.evaluation_summary({**scores, "images_per_prompt": 4})
