@@ -85,7 +85,12 @@ def test_compare_pairs_two_evaluations_of_the_same_prompts(model_dir, tmp_path, 
     capsys.readouterr()
     cli.main(["eval", "compare", str(first), str(second)])
     difference, a = -outcomes["counting"].count(False) / 2 / 6, scores["generation"]["overall"]
-    assert f"| GenEval-style overall | {a:.4f} | {a - difference:.4f} | {difference:+.4f} +- " in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"| GenEval-style overall | {a:.4f} | {a - difference:.4f} | {difference:+.4f} +- " in printed
+    assert "12 prompts of seed 12345, each image from the same noise seed" in printed
+    second.write_text(json.dumps({**better, "images_per_prompt": 4}))
+    cli.main(["eval", "compare", str(first), str(second)])
+    assert "1 and 4 images per prompt, the j-th of each prompt from the same noise seed" in capsys.readouterr().out
     for changed, message in (({"seed": 1}, "same prompts and noise seeds"), ({"generation_outcomes": {}}, "no per-prompt")):
         second.write_text(json.dumps({**scores, **changed}))
         with pytest.raises(SystemExit, match=message):

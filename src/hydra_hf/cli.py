@@ -141,9 +141,10 @@ def compare(args) -> None:
         raise SystemExit(f"a paired comparison needs the same prompts and noise seeds; got (num_scenes, seed) "
                          f"{prompts[0]} and {prompts[1]}")
     images = [result.get("images_per_prompt", 1) for result in (first, second)]
-    drawn = "one image" if images == [1, 1] else f"{images[0]} and {images[1]} images"
-    print(f"{args.first} (A) against {args.second} (B): {prompts[0][0]} prompts of seed {prompts[0][1]}, {drawn} per "
-          "prompt, the j-th from the same noise seed in both; A - B +- its standard error over the prompts")
+    drawn = ("each image" if images == [1, 1]
+             else f"{images[0]} and {images[1]} images per prompt, the j-th of each prompt")
+    print(f"{args.first} (A) against {args.second} (B): {prompts[0][0]} prompts of seed {prompts[0][1]}, {drawn} from "
+          "the same noise seed in both; A - B +- its standard error over the prompts")
     print("| score | A | B | A - B |\n|---|---:|---:|---:|")
     for name, key in (("GenEval-style overall", "generation_outcomes"), ("well-drawn overall", "well_drawn_outcomes")):
         difference, error = paired_overall_difference(first[key], second[key])
