@@ -107,7 +107,7 @@ from hydra_hf.evaluation.shapes import (
     detect_objects,
     drawn_mask,
     generation_outcomes,
-    paired_overall_difference,
+    paired_differences,
     scores_from_outcomes,
     spec_satisfied,
 )
@@ -458,7 +458,7 @@ def shape_guidance_table(args) -> dict:
         for name, setting in settings.items():
             outcomes = generation_outcomes(generate_for_specs(pipe, specs, seed=args.seed, **setting), specs)
             scores = scores_from_outcomes(outcomes)
-            difference = paired_overall_difference(outcomes, rows["defaults"]["outcomes"]) if rows else (0.0, 0.0)
+            difference = paired_differences(outcomes, rows["defaults"]["outcomes"])["overall"] if rows else (0.0, 0.0)
             rows[name] = {"scores": scores, "paired_difference": difference, "outcomes": outcomes}
             print(f"| {name} | {scores['overall']:.3f} | {difference[0]:+.3f} +- {difference[1]:.3f} | "
                   + " | ".join(f"{scores[category]:.3f}" for category in GENERATION_CATEGORIES) + " |", flush=True)

@@ -87,6 +87,11 @@ def test_compare_pairs_two_evaluations_of_the_same_prompts(model_dir, tmp_path, 
     difference, a = -outcomes["counting"].count(False) / 2 / 6, scores["generation"]["overall"]
     printed = capsys.readouterr().out
     assert f"| GenEval-style overall | {a:.4f} | {a - difference:.4f} | {difference:+.4f} +- " in printed
+    counting = scores["generation"]["counting"]
+    assert f"| GenEval-style counting | {counting:.4f} | 1.0000 | {counting - 1:+.4f} +- " in printed
+    single = scores["generation"]["single_object"]
+    assert f"| GenEval-style single object | {single:.4f} | {single:.4f} | +0.0000 +- 0.0000 |" in printed
+    assert "| well-drawn overall | " in printed and "| well-drawn counting" not in printed
     assert "12 prompts of seed 12345, each image from the same noise seed" in printed
     second.write_text(json.dumps({**better, "images_per_prompt": 4}))
     cli.main(["eval", "compare", str(first), str(second)])

@@ -28,7 +28,7 @@ from hydra_hf.evaluation import (
     format_scores_table,
     generation_outcomes,
     overall_standard_error,
-    paired_overall_difference,
+    paired_differences,
     psnr,
     score_generation,
     scores_from_outcomes,
@@ -135,16 +135,32 @@ def test_generation_score_is_perfect_on_reference_scenes():
 
 def test_overall_standard_error_matches_the_spread_of_the_overall_over_prompt_draws():
     specs = generation_prompts(480, seed=777)
-    true_scores = dict(zip(GENERATION_CATEGORIES, (0.7, 0.45, 0.1, 0.7, 0.15, 0.2)))
+    rates = dict(zip(GENERATION_CATEGORIES, (0.7, 0.45, 0.1, 0.7, 0.15, 0.2)))
     categories = np.array([spec.category for spec in specs])
-    # 2000 draws of a model that satisfies each prompt of a category with that category's probability
-    satisfied = np.random.default_rng(0).random((2000, len(specs))) < [true_scores[c] for c in categories]
-    overalls = np.mean([satisfied[:, categories == category].mean(axis=1) for category in GENERATION_CATEGORIES], axis=0)
-    predicted = overall_standard_error(true_scores, specs)
-    assert abs(predicted - np.std(overalls)) < 0.1 * predicted
-    assert overall_standard_error(true_scores, [spec.to_dict() for spec in specs]) == predicted
-    assert overall_standard_error(dict.fromkeys(GENERATION_CATEGORIES, 1.0), specs) == 0.0
+    rng = np.random.default_rng(0)
 
+    def overall_and_error(shares):
+        outcomes = {category: shares[categories == category].tolist() for category in GENERATION_CATEGORIES}
+        return scores_from_outcomes(outcomes)["overall"], overall_standard_error(outcomes)
+
+    # One image per prompt, 2000 draws of a model that satisfies each prompt with its category's rate: the binomial
+    # error of each category, p (1 - p) / n.
+    one_image = [overall_and_error((rng.random(len(specs)) < [rates[c] for c in categories]).astype(float))
+                 for _ in range(2000)]
+    overalls, errors = np.array(one_image).T
+    assert abs(np.mean(errors) - np.std(overalls)) < 0.1 * np.std(overalls)
+    outcomes = {category: [1.0] * 3 + [0.0] for category in GENERATION_CATEGORIES}
+    assert overall_standard_error(outcomes) == pytest.approx(math.sqrt(6 * 0.75 * 0.25 / 4) / 6)
+    assert overall_standard_error({category: [1.0] * 5 for category in GENERATION_CATEGORIES}) == 0.0
+    # Four images per prompt, prompts of uneven difficulty (each prompt's own rate drawn anew with the prompts): the
+    # observed spread of the shares predicts the spread of the overall, well under the binomial bound of one image.
+    four_images = []
+    for _ in range(2000):
+        prompt_rates = np.clip(np.array([rates[c] for c in categories]) + rng.normal(0, 0.2, len(specs)), 0, 1)
+        four_images.append(overall_and_error(rng.binomial(4, prompt_rates) / 4))
+    overalls, errors = np.array(four_images).T
+    assert abs(np.mean(errors) - np.std(overalls)) < 0.1 * np.std(overalls)
+    assert np.mean(errors) < 0.8 * np.mean(np.array(one_image)[:, 1])
 
 
 def test_paired_difference_error_matches_the_spread_of_the_difference_over_prompt_draws():
@@ -159,15 +175,19 @@ def test_paired_difference_error_matches_the_spread_of_the_difference_over_promp
     def outcomes(row):
         return {category: row[categories == category].tolist() for category in GENERATION_CATEGORIES}
 
-    pairs = [paired_overall_difference(outcomes(a), outcomes(b)) for a, b in zip(first, second)]
-    differences, errors = np.array(pairs).T
-    assert abs(np.mean(errors) - np.std(differences)) < 0.1 * np.std(differences)
-    assert np.mean(errors) < 0.5 * overall_standard_error(dict(zip(GENERATION_CATEGORIES, (0.7, 0.45, 0.1, 0.7, 0.15, 0.2))), specs)
+    pairs = [paired_differences(outcomes(a), outcomes(b)) for a, b in zip(first, second)]
+    for row in ("overall", "single_object"):  # the overall, and one category of 80 prompts
+        differences, errors = np.array([pair[row] for pair in pairs]).T
+        assert abs(np.mean(errors) - np.std(differences)) < 0.1 * np.std(differences)
+    assert np.mean([pair["overall"][1] for pair in pairs]) < 0.5 * overall_standard_error(outcomes(first[0]))
     same = outcomes(first[0])
-    assert paired_overall_difference(same, same) == (0.0, 0.0)
+    assert paired_differences(same, same) == dict.fromkeys([*GENERATION_CATEGORIES, "overall"], (0.0, 0.0))
+    one_better = paired_differences(same, {**same, "counting": [1.0] * len(same["counting"])})
+    assert one_better["counting"][0] == pytest.approx(np.mean(same["counting"]) - 1)
+    assert one_better["overall"][0] == pytest.approx(one_better["counting"][0] / 6)
     assert scores_from_outcomes(same)["overall"] == pytest.approx(np.mean([np.mean(v) for v in same.values()]))
     with pytest.raises(ValueError, match="same prompts"):
-        paired_overall_difference(same, {**same, "counting": same["counting"][:-1]})
+        paired_differences(same, {**same, "counting": same["counting"][:-1]})
 
 def test_a_ragged_blob_counts_as_its_best_fitting_shape_only_until_fit_is_required():
     image = Image.new("RGB", (64, 64), (255, 255, 255))

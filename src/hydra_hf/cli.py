@@ -133,7 +133,7 @@ def _read_evaluation(path: str) -> dict:
 
 
 def compare(args) -> None:
-    from .evaluation.shapes import paired_overall_difference, scores_from_outcomes
+    from .evaluation.shapes import paired_differences, scores_from_outcomes
 
     first, second = _read_evaluation(args.first), _read_evaluation(args.second)
     prompts = [(result["num_scenes"], result["seed"]) for result in (first, second)]
@@ -146,10 +146,13 @@ def compare(args) -> None:
     print(f"{args.first} (A) against {args.second} (B): {prompts[0][0]} prompts of seed {prompts[0][1]}, {drawn} from "
           "the same noise seed in both; A - B +- its standard error over the prompts")
     print("| score | A | B | A - B |\n|---|---:|---:|---:|")
-    for name, key in (("GenEval-style overall", "generation_outcomes"), ("well-drawn overall", "well_drawn_outcomes")):
-        difference, error = paired_overall_difference(first[key], second[key])
-        a, b = (scores_from_outcomes(result[key])["overall"] for result in (first, second))
-        print(f"| {name} | {a:.4f} | {b:.4f} | {difference:+.4f} +- {error:.4f} |")
+    for label, key in (("GenEval-style", "generation_outcomes"), ("well-drawn", "well_drawn_outcomes")):
+        differences = paired_differences(first[key], second[key])
+        scores = [scores_from_outcomes(result[key]) for result in (first, second)]
+        for row in ["overall", *first[key]] if key == "generation_outcomes" else ["overall"]:
+            difference, error = differences[row]
+            print(f"| {label} {row.replace('_', ' ')} | {scores[0][row]:.4f} | {scores[1][row]:.4f} | "
+                  f"{difference:+.4f} +- {error:.4f} |")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "single-image run draws, and more of them make `eval compare` less noisy")
     shapes.add_argument("--json", help="also write the scores as JSON here (with per-prompt outcomes, for compare)")
     shapes.set_defaults(func=evaluate)
-    paired = suite.add_parser("compare", help="paired difference of two `eval shapes --json` results on the same prompts")
+    paired = suite.add_parser("compare", help="paired differences (overall and per category) of two "
+                                               "`eval shapes --json` results on the same prompts")
     paired.add_argument("first", help="scores JSON of model A")
     paired.add_argument("second", help="scores JSON of model B, from the same --num-scenes and --seed")
     paired.set_defaults(func=compare)

@@ -10,7 +10,6 @@ pixels take the palette colour (held-out colours included) that best explains th
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +28,7 @@ __all__ = [
     "format_scores_table",
     "generation_outcomes",
     "overall_standard_error",
-    "paired_overall_difference",
+    "paired_differences",
     "psnr",
     "score_generation",
     "scores_from_outcomes",
@@ -287,34 +286,36 @@ def score_generation(
     return scores_from_outcomes(generation_outcomes(images, prompt_specs, min_fit))
 
 
-def overall_standard_error(scores: Mapping[str, float], prompt_specs: Sequence[PromptSpec | Mapping[str, Any]]) -> float:
-    """The standard error of `score_generation`'s "overall" over the draw of prompts and noise: each category's score
-    is a proportion over its prompts and the overall their mean. Two models scored on different prompt sets differ by
-    noise alone about sqrt(2) times this; on the same prompts and seeds, `paired_overall_difference` says by how much.
-    With several images per prompt it is an upper bound: a prompt's share of satisfied images varies less than one
-    image's outcome."""
-    counts = Counter(spec.category if isinstance(spec, PromptSpec) else spec["category"] for spec in prompt_specs)
-    variance = sum(scores[category] * (1 - scores[category]) / count for category, count in counts.items())
-    return math.sqrt(variance) / len(counts)
+def overall_standard_error(outcomes: Mapping[str, Sequence[float]]) -> float:
+    """The standard error of the GenEval-style overall (`scores_from_outcomes`) over the draw of prompts and noise,
+    from the spread of the per-prompt outcomes (`generation_outcomes`) within each category: with one image per prompt
+    the binomial p(1 - p) / n of each category; with several, the observed spread of the prompts' shares, which is
+    smaller. Two models scored on different prompt sets differ by noise alone about sqrt(2) times this; on the same
+    prompts and seeds, `paired_differences` says by how much."""
+    variances = [np.var(np.asarray(values, dtype=float)) / len(values) for values in outcomes.values()]
+    return math.sqrt(sum(variances)) / len(variances)
 
 
-def paired_overall_difference(
+def paired_differences(
     first: Mapping[str, Sequence[float]], second: Mapping[str, Sequence[float]]
-) -> tuple[float, float]:
-    """The difference of two models' GenEval-style overalls on the same prompts and noise seeds (`generation_outcomes`
-    of each), and its standard error from the per-prompt differences. The more prompts the two agree on, the smaller
-    it is against two independent scores (`overall_standard_error`); two checkpoints of the shapes world, whose images
-    from one noise seed differ on most prompts, gain little from pairing (docs/experiments.md, twenty-fourth round)."""
+) -> dict[str, tuple[float, float]]:
+    """The differences of two models' GenEval-style scores on the same prompts and noise seeds (`generation_outcomes`
+    of each), per category and "overall", each with its standard error from the per-prompt differences. The more
+    prompts the two agree on, the smaller the error against two independent scores (`overall_standard_error`); two
+    checkpoints of the shapes world, whose images from one noise seed differ on most prompts, gain little from pairing
+    (docs/experiments.md, twenty-fourth round)."""
     if {category: len(values) for category, values in first.items()} != {
         category: len(values) for category, values in second.items()
     }:
         raise ValueError("expected outcomes of the same prompts: the categories or their prompt counts differ")
-    means, variances = [], []
+    result = {}
     for category, values in first.items():
         differences = np.asarray(values, dtype=float) - np.asarray(second[category], dtype=float)
-        means.append(differences.mean())
-        variances.append(differences.var(ddof=1) / len(differences) if len(differences) > 1 else 0.0)
-    return float(np.mean(means)), math.sqrt(sum(variances)) / len(means)
+        variance = differences.var(ddof=1) / len(differences) if len(differences) > 1 else 0.0
+        result[category] = (float(differences.mean()), math.sqrt(variance))
+    means, errors = zip(*result.values())
+    result["overall"] = (float(np.mean(means)), math.sqrt(sum(error**2 for error in errors)) / len(errors))
+    return result
 
 
 def format_scores_table(scores: Mapping[str, float]) -> str:

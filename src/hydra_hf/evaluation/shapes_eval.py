@@ -69,8 +69,7 @@ class ShapesEvaluation:
         if self.generation:
             per_prompt = f" ({self.images_per_prompt} images per prompt)" if self.images_per_prompt > 1 else ""
             lines += ["", f"GenEval-style generation scores{per_prompt}:", "", format_scores_table(self.generation)]
-            bound = " (an upper bound with several images per prompt)" if self.images_per_prompt > 1 else ""
-            lines += ["", f"Standard error of the overall over the draw of prompts{bound}: {self.generation_standard_error:.4f}"]
+            lines += ["", f"Standard error of the overall over the draw of prompts and noise: {self.generation_standard_error:.4f}"]
             lines += ["", f"Overall counting only well-drawn shapes (fit >= {WELL_DRAWN_MIN_FIT}, which every rendered "
                       f"object passes): {self.well_drawn_overall:.4f}"]
             lines += ["", f"Specks per generated image (blobs under {SPECK_MAX_PIXELS} px, which the scores ignore): {self.specks_per_image:.2f}"]
@@ -168,7 +167,7 @@ def evaluate_shapes(
         result.generation_outcomes = generation_outcomes(generated, specs, images_per_prompt=images_per_prompt)
         result.well_drawn_outcomes = generation_outcomes(generated, specs, WELL_DRAWN_MIN_FIT, images_per_prompt)
         result.generation = scores_from_outcomes(result.generation_outcomes)
-        result.generation_standard_error = overall_standard_error(result.generation, specs)
+        result.generation_standard_error = overall_standard_error(result.generation_outcomes)
         result.well_drawn_overall = scores_from_outcomes(result.well_drawn_outcomes)["overall"]
         result.specks_per_image = float(np.mean([count_specks(image) for image in generated]))
     if "editing" in parts:
