@@ -45,7 +45,9 @@ the answers the prompt implies to questions in the training's own templates ("is
 circles are there?" 1, "is the red circle left of the blue square?" yes); and as a diffusion classifier, how much
 the prompt lowers the flow loss of the image's latent against the empty prompt, at fixed times and noise. It prints the
 GenEval-style overall of the first candidate, of a candidate drawn at random (the mean over candidates), of each
-pick, and of an oracle that knows which candidates the detector accepts.
+pick, and of an oracle that knows which candidates the detector accepts; then how often the model's answer to "what
+shape is the <colour> object?" names the shape the detector reads, on its own candidates and on the prompts' rendered
+reference scenes (detected objects whose colour is unique in their image).
 
 failures: why the development images (480 prompts of seed 777 under the checkpoint's default guidance, the images
 `eval shapes --seed 777` draws) miss their prompts, per category: nothing detected, a required colour absent, the
@@ -102,6 +104,7 @@ from hydra_hf.data.shapes import (
     generation_scenes,
     prompt_spec_for,
     relation_word_question,
+    render_scene,
 )
 from hydra_hf.evaluation.shapes import (
     detect_objects,
@@ -369,8 +372,22 @@ def geneval_overall(specs: list[PromptSpec], values) -> float:
     return scores_from_outcomes(grouped)["overall"]
 
 
+def shape_answer_agreement(pipe, images: list) -> float:
+    """How often the model's answer to "what shape is the <colour> object?" names the shape the detector reads, over
+    the detected objects whose colour no other detected object in their image shares."""
+    asked = []
+    for image in images:
+        found = detect_objects(image)
+        colors = [obj.color for obj in found]
+        asked += [(image, obj) for obj in found if colors.count(obj.color) == 1]
+    answers = answer_questions(pipe, [image for image, _ in asked], [f"what shape is the {obj.color} object?"
+                                                                     for _, obj in asked])
+    return float(np.mean([answer == obj.shape for answer, (_, obj) in zip(answers, asked)]))
+
+
 def self_verify_table(args) -> dict:
-    specs = [prompt_spec_for(scene) for scene in generation_scenes(args.num_prompts, seed=args.seed)]
+    scenes = generation_scenes(args.num_prompts, seed=args.seed)
+    specs = [prompt_spec_for(scene) for scene in scenes]
     results = {}
     for path in args.models:
         pipe = HydraPipeline.from_pretrained(path)
@@ -393,6 +410,8 @@ def self_verify_table(args) -> dict:
             "picked by its answers": geneval_overall(specs, satisfied[rows, np.argmax(answers, axis=1)]),
             "picked as a diffusion classifier": geneval_overall(specs, satisfied[rows, np.argmax(gains, axis=1)]),
             "oracle": geneval_overall(specs, satisfied.any(axis=1)),
+            "shape answers agree with the detector, own images": shape_answer_agreement(pipe, sum(by_prompt, [])),
+            "the same, the prompts' reference scenes": shape_answer_agreement(pipe, [render_scene(s) for s in scenes]),
         }
         print(f"{path} | {args.candidates} candidates, {len(specs)} prompts | "
               + " | ".join(f"{name}: {value:.3f}" for name, value in row.items()), flush=True)

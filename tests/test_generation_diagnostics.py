@@ -105,9 +105,11 @@ def test_self_verify_scores_every_pick_between_nothing_and_the_oracle(diagnostic
     output = tmp_path / "verify.json"
     run(diagnostics, "self-verify", model_dir, "--num-prompts", 6, "--candidates", 2, "--json", output)
     row = json.loads(output.read_text())[str(model_dir)]
-    assert set(row) == {"first candidate", "random candidate", "picked by its answers",
-                        "picked as a diffusion classifier", "oracle"}
-    assert all(0 <= value <= row["oracle"] for value in row.values())
+    picks = {"first candidate", "random candidate", "picked by its answers", "picked as a diffusion classifier"}
+    assert set(row) == picks | {"oracle", "shape answers agree with the detector, own images",
+                                "the same, the prompts' reference scenes"}
+    assert all(0 <= row[pick] <= row["oracle"] <= 1 for pick in picks)
+    assert all(0 <= value <= 1 for value in row.values())
     with pytest.raises(SystemExit):
         run(diagnostics, "self-verify", model_dir, "--candidates", 1)
 
@@ -275,3 +277,23 @@ def test_last_position_states_do_not_depend_on_the_batch_padding(diagnostics, mo
     assert padded.shape == (pipe.model.config.text_config.num_hidden_layers + 1, 2, alone.shape[-1])
     torch.testing.assert_close(padded[:, :1], alone, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(padded[-1, 0], padded[-1, 1])
+
+
+def test_shape_answer_agreement_asks_about_each_detected_object_of_a_unique_colour(diagnostics, monkeypatch):
+    from hydra_hf.data.shapes import generation_scenes, render_scene
+
+    scenes = generation_scenes(24, seed=3)
+    asked = []
+
+    def always_circle(pipe, images, questions):
+        asked.extend(questions)
+        return ["circle"] * len(questions)
+
+    monkeypatch.setattr(diagnostics, "answer_questions", always_circle)
+    agreement = diagnostics.shape_answer_agreement(None, [render_scene(scene) for scene in scenes])
+    # the detector reads rendered scenes exactly, so the asked objects are the scenes' objects of a unique colour
+    unique = [obj for scene in scenes for obj in scene.objects
+              if [other.color for other in scene.objects].count(obj.color) == 1]
+    assert sorted(asked) == sorted(f"what shape is the {obj.color} object?" for obj in unique)
+    assert agreement == pytest.approx(np.mean([obj.shape == "circle" for obj in unique]))
+    assert 0 < agreement < 1
