@@ -31,6 +31,9 @@ def eval_table(scores: dict) -> dict[str, float]:
         table[f"GenEval-style overall, well-drawn shapes only (fit >= {WELL_DRAWN_MIN_FIT})"] = round(scores["well_drawn_overall"], 3)
     if scores.get("generation_standard_error") is not None:  # likewise
         table["GenEval-style overall, standard error over the prompts"] = round(scores["generation_standard_error"], 3)
+    objects = scores.get("objects_per_single_object_image")  # likewise
+    if objects is not None:
+        table["objects drawn per image for single-object prompts (asked: 1)"] = round(objects, 2)
     table["VQA accuracy"] = round(scores["vqa_accuracy"], 3)
     return table
 

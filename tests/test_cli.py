@@ -174,10 +174,13 @@ def test_several_images_per_prompt_keep_the_first_image_and_score_each_prompt_by
     assert drawn == [(prompts[k % 6], k) for k in range(12)]
     assert result.generation_outcomes == {category: [0.5] for category in result.generation_outcomes}
     assert result.generation["overall"] == 0.5 and result.images_per_prompt == 2
+    assert result.objects_per_single_object_image == 0.5  # its reference scene's one object, then a blank image
     assert "(2 images per prompt)" in result.to_markdown()
     drawn.clear()
     single = evaluate_shapes(pipe, num_scenes=6, batch_size=4, parts=("generation",))
     assert drawn == [(prompts[k], k) for k in range(6)] and single.generation["overall"] == 1.0
+    assert single.objects_per_single_object_image == 1.0
+    assert "Objects drawn per image for the single-object prompts (asked: 1; " in single.to_markdown()
     with pytest.raises(SystemExit, match="--images-per-prompt must be >= 1"):
         cli.main(["eval", "shapes", "--model", str(model_dir), "--images-per-prompt", "0"])
 

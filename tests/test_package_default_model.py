@@ -103,7 +103,7 @@ def install_expecting_refusal(packager, model, tmp_path, scores: dict) -> subpro
     return result
 
 
-def test_card_table_carries_the_well_drawn_score_and_standard_error_when_the_scores_have_them():
+def test_card_table_carries_the_well_drawn_score_standard_error_and_object_count_when_the_scores_have_them():
     packager = load_packager()
     scores = {"reconstruction_psnr": 31.664, "generation": {"overall": 0.2914}, "vqa_accuracy": 0.74}
     assert "GenEval-style overall, well-drawn shapes only (fit >= 0.8)" not in packager.eval_table(scores)
@@ -112,6 +112,9 @@ def test_card_table_carries_the_well_drawn_score_and_standard_error_when_the_sco
     assert table["GenEval-style overall"] == 0.291 and table["tokenizer reconstruction PSNR (dB)"] == 31.66
     assert packager.eval_table({**scores, "generation_standard_error": 0.01874})[
         "GenEval-style overall, standard error over the prompts"] == 0.019
+    assert packager.eval_table({**scores, "objects_per_single_object_image": 2.3333})[
+        "objects drawn per image for single-object prompts (asked: 1)"] == 2.33
+    assert not any(name.startswith("objects drawn") for name in table)
 
 
 def test_training_further_refuses_flags_that_the_start_has_fixed(tmp_path):

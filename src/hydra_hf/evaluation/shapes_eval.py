@@ -15,6 +15,7 @@ from .shapes import (
     SPECK_MAX_PIXELS,
     WELL_DRAWN_MIN_FIT,
     count_specks,
+    detect_objects,
     format_scores_table,
     generation_outcomes,
     overall_standard_error,
@@ -47,6 +48,8 @@ class ShapesEvaluation:
     generation_standard_error: float | None = None
     well_drawn_overall: float | None = None
     specks_per_image: float | None = None
+    # GenEval's rule passes a one-object prompt if any detected object has the named shape, so drawing several helps.
+    objects_per_single_object_image: float | None = None
     vqa_accuracy: float | None = None
     vqa_by_type: dict[str, float] = field(default_factory=dict)
     editing: dict[str, float] = field(default_factory=dict)
@@ -73,6 +76,9 @@ class ShapesEvaluation:
             lines += ["", f"Overall counting only well-drawn shapes (fit >= {WELL_DRAWN_MIN_FIT}, which every rendered "
                       f"object passes): {self.well_drawn_overall:.4f}"]
             lines += ["", f"Specks per generated image (blobs under {SPECK_MAX_PIXELS} px, which the scores ignore): {self.specks_per_image:.2f}"]
+            if self.objects_per_single_object_image is not None:
+                lines += ["", "Objects drawn per image for the single-object prompts (asked: 1; the score passes any "
+                          f"image with the named shape among them): {self.objects_per_single_object_image:.2f}"]
         if self.editing:
             lines += ["", "GenEval-style overall of edits (each prompt's reference scene noised to time s, then denoised):",
                       "", "| s | overall |", "|---:|---:|"]
@@ -170,6 +176,10 @@ def evaluate_shapes(
         result.generation_standard_error = overall_standard_error(result.generation_outcomes)
         result.well_drawn_overall = scores_from_outcomes(result.well_drawn_outcomes)["overall"]
         result.specks_per_image = float(np.mean([count_specks(image) for image in generated]))
+        one_object = [image for index, image in enumerate(generated)
+                      if specs[index % len(specs)].category == "single_object"]
+        if one_object:
+            result.objects_per_single_object_image = float(np.mean([len(detect_objects(image)) for image in one_object]))
     if "editing" in parts:
         references = [render_scene(scene) for scene in reference_scenes]
         for strength in edit_strengths:
