@@ -5,7 +5,7 @@
     python scripts/generation_diagnostics.py word-probe outputs/a/final [--steps 0 10 20 29]
     python scripts/generation_diagnostics.py stochastic-steps outputs/a/final [--bands 0:1.01 0:0.5 0.5:1.01]
     python scripts/generation_diagnostics.py self-verify outputs/a/final [--num-prompts 120 --candidates 4]
-    python scripts/generation_diagnostics.py answer-guidance outputs/a/final [--num-prompts 480 --seed 5151 --scale 0.03]
+    python scripts/generation_diagnostics.py answer-guidance outputs/a/final [--num-prompts 480 --seed 5151]
     python scripts/generation_diagnostics.py failures outputs/a/final [--num-prompts 480]
     python scripts/generation_diagnostics.py shape-guidance outputs/a/final [--scales 1.5 2 3]
     python scripts/generation_diagnostics.py word-classifier outputs/a/final [--num-scenes 120 --times 0.3 0.5 0.7 0.9]
@@ -342,7 +342,8 @@ def answer_batch(processor, images: list, pairs: list[tuple[str, str]]) -> tuple
     return batch, spans
 
 
-def summed_answer_log_probs(logits: torch.Tensor, input_ids: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tensor:
+def summed_answer_log_probs(logits: torch.Tensor, input_ids: torch.Tensor, spans: list[tuple[int, int]]
+                            ) -> torch.Tensor:
     """`[rows]`: log p(answer tokens) of each row, its span read from the logits one position earlier."""
     log_probs = torch.log_softmax(logits.float(), dim=-1)
     return torch.stack([log_probs[row, start - 1 : end - 1].gather(-1, input_ids[row, start:end, None]).sum()
@@ -357,13 +358,14 @@ def answer_log_likelihoods(model, processor, images: list, pairs: list[tuple[str
 
 
 class AnswerGuidance:
-    """A `callback_on_step_end` for `HydraPipeline` that steers sampling with the model's own understanding: after each
-    step that ends at flow time >= `min_time`, the clean estimate `x0 = x_t - t v` (v from the step just taken, so
-    `initial_latents` must be the call's starting noise) is asked `questions[i]` for image i through the understanding
-    path (Sem-ViT reads the latent, no pixels), and the latents move `scale` times the gradient's RMS per image down the
-    gradient of -sum log p(answer), averaged over `smoothing` = (draws, sigma) reads of `x0 + sigma * noise`. Images
-    without questions are left alone. Why: the understanding answers relation and colour questions well, and the
-    drawing gets the layout and colour binding wrong more often than the understanding reads them wrong."""
+    """A `callback_on_step_end` for `HydraPipeline` that steers sampling with the model's own understanding: after
+    each step that ends at flow time >= `min_time`, the clean estimate `x0 = x_t - t v` (v from the step just taken,
+    so `initial_latents` must be the call's starting noise) is asked `questions[i]` for image i through the
+    understanding path (Sem-ViT reads the latent, no pixels), and the latents move `scale` times the gradient's RMS
+    per image down the gradient of -sum log p(answer), averaged over `smoothing` = (draws, sigma) reads of
+    `x0 + sigma * noise`. Images without questions are left alone. Why: the understanding answers relation and colour
+    questions well, and the drawing gets the layout and colour binding wrong more often than the understanding reads
+    them wrong."""
 
     def __init__(self, pipe, questions: list[list[tuple[str, str]]], initial_latents: torch.Tensor, scale: float,
                  min_time: float, smoothing: tuple[int, float] = (1, 0.0), generator: torch.Generator | None = None):
@@ -374,9 +376,9 @@ class AnswerGuidance:
         self.batch = None
         if pairs:  # tokenised once; the images are latents, so any picture of the right size stands in
             size = pipe.model.model.vision_model.config.image_size
-            self.batch, self.spans = answer_batch(pipe.processor, [PIL.Image.new("RGB", (size, size))] * len(pairs), pairs)
+            stand_ins = [PIL.Image.new("RGB", (size, size))] * len(pairs)
+            self.batch, self.spans = answer_batch(pipe.processor, stand_ins, pairs)
         self.previous = initial_latents.clone()
-        self.answer_losses = []  # mean -log p(answer) per question at each guided step, for a look
 
     def __call__(self, pipe, step: int, timestep, tensors: dict) -> dict:
         sigmas = pipe.scheduler.sigmas
@@ -394,11 +396,12 @@ class AnswerGuidance:
             for _ in range(draws):
                 with torch.enable_grad():
                     read = x0 + sigma * torch.randn(x0.shape, generator=self.generator) if sigma else x0
-                    logits = self.model(input_ids=self.batch["input_ids"], attention_mask=self.batch["attention_mask"],
-                                        image_latents=vision.denormalize_latents(read)[self.owners]).logits
+                    logits = self.model(
+                        input_ids=self.batch["input_ids"], attention_mask=self.batch["attention_mask"],
+                        image_latents=vision.denormalize_latents(read)[self.owners],
+                    ).logits
                     loss = -summed_answer_log_probs(logits, self.batch["input_ids"], self.spans).sum()
                     gradient += torch.autograd.grad(loss, x0)[0]
-            self.answer_losses.append(float(loss.detach()) / len(self.spans))
             rms = gradient.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
             self.previous = current - self.scale * gradient / rms.clamp_min(1e-12)
         return {**tensors, "latents": self.previous}
@@ -409,7 +412,8 @@ def binding_questions(spec: PromptSpec) -> list[tuple[str, str]]:
     return [pair for pair in verification_questions(spec) if not pair[0].startswith("how many")]
 
 
-def answer_guided_images(pipe, specs: list[PromptSpec], seed: int, guidance: dict | None, batch_size: int = 40) -> list:
+def answer_guided_images(pipe, specs: list[PromptSpec], seed: int, guidance: dict | None, batch_size: int = 40
+                         ) -> list:
     """One image per spec (noise seed `seed + i`), plain (`guidance` None) or under `AnswerGuidance(**guidance)` with
     the spec's questions (`guidance["questions"]` picks `binding_questions` or `verification_questions`)."""
     vision, images = pipe.model.model.vision_model, []
@@ -452,8 +456,8 @@ def answer_guidance_table(args) -> dict:
             "difference": paired_differences(well_drawn["guided"], well_drawn["plain"])["overall"],
         }
         results[path] = rows
-        print(f"{path}: {len(specs)} prompts of seed {args.seed}, answer guidance {guidance} against the plain sampler "
-              "on the same noise\n| score | plain | guided | guided - plain |\n|---|---:|---:|---:|")
+        print(f"{path}: {len(specs)} prompts of seed {args.seed}, answer guidance {guidance} against the plain "
+              "sampler on the same noise\n| score | plain | guided | guided - plain |\n|---|---:|---:|---:|")
         for row, values in rows.items():
             difference, error = values["difference"]
             print(f"| {row} | {values['plain']:.4f} | {values['guided']:.4f} | {difference:+.4f} +- {error:.4f} |",
