@@ -123,6 +123,7 @@ from hydra_hf.evaluation.shapes import (
     drawn_mask,
     generation_outcomes,
     paired_differences,
+    paired_score_rows,
     scores_from_outcomes,
     spec_satisfied,
 )
@@ -417,13 +418,13 @@ def answer_guided_images(pipe, specs: list[PromptSpec], seed: int, guidance: dic
     """One image per spec (noise seed `seed + i`), plain (`guidance` None) or under `AnswerGuidance(**guidance)` with
     the spec's questions (`guidance["questions"]` picks `binding_questions` or `verification_questions`)."""
     vision, images = pipe.model.model.vision_model, []
+    size = vision.config.image_size
     guidance = dict(guidance or {})
     ask = {"binding": binding_questions, "all": verification_questions}[guidance.pop("questions", "binding")]
     generator = torch.Generator().manual_seed(0)  # the smoothing noise, one stream for the whole run
     for start in range(0, len(specs), batch_size):
         batch = specs[start : start + batch_size]
         generators = [torch.Generator().manual_seed(seed + start + k) for k in range(len(batch))]
-        size = vision.config.image_size
         noise = pipe.prepare_latents(len(batch), vision.config.latent_channels, size, size, pipe.model.dtype,
                                      pipe.device, generators, None)
         callback = None
@@ -444,17 +445,12 @@ def answer_guidance_table(args) -> dict:
         pipe.set_progress_bar_config(disable=True)
         runs = {name: answer_guided_images(pipe, specs, args.seed, setting)
                 for name, setting in (("plain", None), ("guided", guidance))}
-        outcomes = {name: generation_outcomes(images, specs) for name, images in runs.items()}
-        well_drawn = {name: generation_outcomes(images, specs, WELL_DRAWN_MIN_FIT) for name, images in runs.items()}
-        differences = paired_differences(outcomes["guided"], outcomes["plain"])
-        rows = {row: {"plain": scores_from_outcomes(outcomes["plain"])[row],
-                      "guided": scores_from_outcomes(outcomes["guided"])[row], "difference": differences[row]}
-                for row in ["overall", *outcomes["plain"]]}
-        rows["well-drawn overall"] = {
-            "plain": scores_from_outcomes(well_drawn["plain"])["overall"],
-            "guided": scores_from_outcomes(well_drawn["guided"])["overall"],
-            "difference": paired_differences(well_drawn["guided"], well_drawn["plain"])["overall"],
-        }
+        rows = {}
+        for prefix, min_fit, categories in (("", 0.0, True), ("well-drawn ", WELL_DRAWN_MIN_FIT, False)):
+            guided, plain = (generation_outcomes(runs[name], specs, min_fit) for name in ("guided", "plain"))
+            table = paired_score_rows(guided, plain, categories)
+            for row, (guided_score, plain_score, difference, error) in table.items():
+                rows[prefix + row] = {"plain": plain_score, "guided": guided_score, "difference": [difference, error]}
         results[path] = rows
         print(f"{path}: {len(specs)} prompts of seed {args.seed}, answer guidance {guidance} against the plain "
               "sampler on the same noise\n| score | plain | guided | guided - plain |\n|---|---:|---:|---:|")

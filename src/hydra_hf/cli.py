@@ -133,7 +133,7 @@ def _read_evaluation(path: str) -> dict:
 
 
 def compare(args) -> None:
-    from .evaluation.shapes import paired_differences, scores_from_outcomes
+    from .evaluation.shapes import paired_score_rows
 
     first, second = _read_evaluation(args.first), _read_evaluation(args.second)
     prompts = [(result["num_scenes"], result["seed"]) for result in (first, second)]
@@ -147,12 +147,9 @@ def compare(args) -> None:
           "the same noise seed in both; A - B +- its standard error over the prompts")
     print("| score | A | B | A - B |\n|---|---:|---:|---:|")
     for label, key in (("GenEval-style", "generation_outcomes"), ("well-drawn", "well_drawn_outcomes")):
-        differences = paired_differences(first[key], second[key])
-        scores = [scores_from_outcomes(result[key]) for result in (first, second)]
-        for row in ["overall", *first[key]] if key == "generation_outcomes" else ["overall"]:
-            difference, error = differences[row]
-            print(f"| {label} {row.replace('_', ' ')} | {scores[0][row]:.4f} | {scores[1][row]:.4f} | "
-                  f"{difference:+.4f} +- {error:.4f} |")
+        rows = paired_score_rows(first[key], second[key], categories=key == "generation_outcomes")
+        for row, (a, b, difference, error) in rows.items():
+            print(f"| {label} {row.replace('_', ' ')} | {a:.4f} | {b:.4f} | {difference:+.4f} +- {error:.4f} |")
 
 
 def build_parser() -> argparse.ArgumentParser:

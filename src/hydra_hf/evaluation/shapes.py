@@ -29,6 +29,7 @@ __all__ = [
     "generation_outcomes",
     "overall_standard_error",
     "paired_differences",
+    "paired_score_rows",
     "psnr",
     "score_generation",
     "scores_from_outcomes",
@@ -316,6 +317,17 @@ def paired_differences(
     means, errors = zip(*result.values())
     result["overall"] = (float(np.mean(means)), math.sqrt(sum(error**2 for error in errors)) / len(errors))
     return result
+
+
+def paired_score_rows(
+    first: Mapping[str, Sequence[float]], second: Mapping[str, Sequence[float]], categories: bool = True
+) -> dict[str, tuple[float, float, float, float]]:
+    """The rows of a paired comparison table, "overall" and then (if `categories`) each category: the first model's
+    score, the second's, and their difference with its standard error (`paired_differences`)."""
+    differences = paired_differences(first, second)
+    first_scores, second_scores = scores_from_outcomes(first), scores_from_outcomes(second)
+    return {row: (first_scores[row], second_scores[row], *differences[row])
+            for row in (["overall", *first] if categories else ["overall"])}
 
 
 def format_scores_table(scores: Mapping[str, float]) -> str:
