@@ -5,7 +5,6 @@
     python scripts/generation_diagnostics.py word-probe outputs/a/final [--steps 0 10 20 29]
     python scripts/generation_diagnostics.py stochastic-steps outputs/a/final [--bands 0:1.01 0:0.5 0.5:1.01]
     python scripts/generation_diagnostics.py self-verify outputs/a/final [--num-prompts 120 --candidates 4]
-    python scripts/generation_diagnostics.py answer-guidance outputs/a/final [--num-prompts 480 --seed 5151]
     python scripts/generation_diagnostics.py failures outputs/a/final [--num-prompts 480]
     python scripts/generation_diagnostics.py shape-guidance outputs/a/final [--scales 1.5 2 3]
     python scripts/generation_diagnostics.py word-classifier outputs/a/final [--num-scenes 120 --times 0.3 0.5 0.7 0.9]
@@ -50,15 +49,6 @@ pick, and of an oracle that knows which candidates the detector accepts; then ho
 shape is the <colour> object?" names the shape the detector reads, on its own candidates and on the prompts' rendered
 reference scenes (detected objects whose colour is unique in their image).
 
-answer-guidance: sampling steered by the model's own understanding (`AnswerGuidance`): after each step ending at flow
-time >= --min-time, the clean estimate x0 = x_t - t v is asked the questions the prompt fixes (--questions binding:
-existence of each coloured object and the relation, so prompts with neither are not guided; all: the counts too)
-through the understanding path, and the latents move --scale times the gradient's RMS down the gradient of the
-answers' negative log-likelihood, averaged over --smoothing DRAWS SIGMA noisy reads of x0. It prints the GenEval-style
-scores per category, plain and guided on the same noise, and their paired differences (docs/experiments.md,
-thirty-first round: +0.056 +- 0.016 on 480 fresh prompts for the defaults here; with the counts or without smoothing
-the images gain fragments, not shapes).
-
 failures: why the development images (480 prompts of seed 777 under the checkpoint's default guidance, the images
 `eval shapes --seed 777` draws) miss their prompts, per category: nothing detected, a required colour absent, the
 right number of objects of the colour but a wrong shape, a wrong number of them, or only the relation wrong.
@@ -99,7 +89,6 @@ import itertools
 import json
 
 import numpy as np
-import PIL.Image
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -116,18 +105,18 @@ from hydra_hf.data.shapes import (
     prompt_spec_for,
     relation_word_question,
     render_scene,
+    verification_questions,
 )
 from hydra_hf.evaluation.shapes import (
-    WELL_DRAWN_MIN_FIT,
     detect_objects,
     drawn_mask,
     generation_outcomes,
     paired_differences,
-    paired_score_rows,
     scores_from_outcomes,
     spec_satisfied,
 )
 from hydra_hf.evaluation.shapes_eval import EVAL_SEED, answer_questions, evaluate_shapes, generate_for_specs
+from hydra_hf.pipelines.answer_guidance import answer_batch, summed_answer_log_probs
 from hydra_hf.training import HydraCollator
 
 
@@ -312,153 +301,11 @@ def word_probe_table(args, seeds: int = 8, train_seeds: int = 6) -> dict:
     return results
 
 
-def verification_questions(spec: PromptSpec) -> list[tuple[str, str]]:
-    """(question, answer) pairs in the training's question templates whose answers the prompt fixes: existence for
-    each coloured object, a count for each shape named without a colour or counted, and the relation if asked."""
-    questions, counts = [], {}
-    for requirement in spec.objects:
-        if requirement.color is None or requirement.exact:
-            counts[requirement.shape] = counts.get(requirement.shape, 0) + requirement.count
-        else:
-            article = "an" if requirement.color[0] in "aeiou" else "a"
-            questions.append((f"is there {article} {requirement.color} {requirement.shape}?", "yes"))
-    questions += [(f"how many {shape}s are there?", str(count)) for shape, count in counts.items()]
-    if spec.relation is not None:
-        subject, reference = spec.objects[:2]
-        questions.append((f"is the {subject.color} {subject.shape} {spec.relation} the {reference.color} "
-                          f"{reference.shape}?", "yes"))
-    return questions
-
-
-def answer_batch(processor, images: list, pairs: list[tuple[str, str]]) -> tuple[dict, list[tuple[int, int]]]:
-    """The processor's right-padded batch of each (question, answer) asked of its image, and each row's answer span
-    (the positions of the answer tokens)."""
-    conversations = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-                     for question, _ in pairs]
-    prompts = processor.apply_chat_template(conversations, add_generation_prompt=True)
-    batch = processor(text=[prompt + answer for prompt, (_, answer) in zip(prompts, pairs)], images=images,
-                      padding_side="right")
-    spans = [(end - len(processor.tokenizer(answer, add_special_tokens=False)["input_ids"]), end)
-             for end, (_, answer) in zip(batch["attention_mask"].sum(dim=1).tolist(), pairs)]
-    return batch, spans
-
-
-def summed_answer_log_probs(logits: torch.Tensor, input_ids: torch.Tensor, spans: list[tuple[int, int]]
-                            ) -> torch.Tensor:
-    """`[rows]`: log p(answer tokens) of each row, its span read from the logits one position earlier."""
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
-    return torch.stack([log_probs[row, start - 1 : end - 1].gather(-1, input_ids[row, start:end, None]).sum()
-                        for row, (start, end) in enumerate(spans)])
-
-
 @torch.no_grad()
 def answer_log_likelihoods(model, processor, images: list, pairs: list[tuple[str, str]]) -> list[float]:
     """log p(answer | image, question) under the model, one per (image, (question, answer)), batched right-padded."""
     batch, spans = answer_batch(processor, images, pairs)
     return summed_answer_log_probs(model(**batch).logits, batch["input_ids"], spans).tolist()
-
-
-class AnswerGuidance:
-    """A `callback_on_step_end` for `HydraPipeline` that steers sampling with the model's own understanding: after
-    each step that ends at flow time >= `min_time`, the clean estimate `x0 = x_t - t v` (v from the step just taken,
-    so `initial_latents` must be the call's starting noise) is asked `questions[i]` for image i through the
-    understanding path (Sem-ViT reads the latent, no pixels), and the latents move `scale` times the gradient's RMS
-    per image down the gradient of -sum log p(answer), averaged over `smoothing` = (draws, sigma) reads of
-    `x0 + sigma * noise`. Images without questions are left alone. Why: the understanding answers relation and colour
-    questions well, and the drawing gets the layout and colour binding wrong more often than the understanding reads
-    them wrong."""
-
-    def __init__(self, pipe, questions: list[list[tuple[str, str]]], initial_latents: torch.Tensor, scale: float,
-                 min_time: float, smoothing: tuple[int, float] = (1, 0.0), generator: torch.Generator | None = None):
-        self.model, self.scale, self.min_time, self.smoothing = pipe.model, scale, min_time, smoothing
-        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
-        self.owners = torch.tensor([i for i, pairs in enumerate(questions) for _ in pairs], dtype=torch.long)
-        pairs = [pair for image_pairs in questions for pair in image_pairs]
-        self.batch = None
-        if pairs:  # tokenised once; the images are latents, so any picture of the right size stands in
-            size = pipe.model.model.vision_model.config.image_size
-            stand_ins = [PIL.Image.new("RGB", (size, size))] * len(pairs)
-            self.batch, self.spans = answer_batch(pipe.processor, stand_ins, pairs)
-        self.previous = initial_latents.clone()
-
-    def __call__(self, pipe, step: int, timestep, tensors: dict) -> dict:
-        sigmas = pipe.scheduler.sigmas
-        time, next_time = float(sigmas[step]), float(sigmas[step + 1])
-        with torch.inference_mode(False):  # the pipeline samples under inference mode; this step needs a gradient
-            current = tensors["latents"].clone()
-            if self.batch is None or self.scale == 0 or next_time < self.min_time:
-                self.previous = current
-                return tensors
-            velocity = (current - self.previous) / (next_time - time)
-            x0 = (current - next_time * velocity).detach().requires_grad_(True)
-            vision = self.model.model.vision_model
-            draws, sigma = self.smoothing
-            gradient = torch.zeros_like(x0)
-            for _ in range(draws):
-                with torch.enable_grad():
-                    read = x0 + sigma * torch.randn(x0.shape, generator=self.generator) if sigma else x0
-                    logits = self.model(
-                        input_ids=self.batch["input_ids"], attention_mask=self.batch["attention_mask"],
-                        image_latents=vision.denormalize_latents(read)[self.owners],
-                    ).logits
-                    loss = -summed_answer_log_probs(logits, self.batch["input_ids"], self.spans).sum()
-                    gradient += torch.autograd.grad(loss, x0)[0]
-            rms = gradient.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
-            self.previous = current - self.scale * gradient / rms.clamp_min(1e-12)
-        return {**tensors, "latents": self.previous}
-
-
-def binding_questions(spec: PromptSpec) -> list[tuple[str, str]]:
-    """`verification_questions` without the counts: existence of each coloured object and the relation."""
-    return [pair for pair in verification_questions(spec) if not pair[0].startswith("how many")]
-
-
-def answer_guided_images(pipe, specs: list[PromptSpec], seed: int, guidance: dict | None, batch_size: int = 40
-                         ) -> list:
-    """One image per spec (noise seed `seed + i`), plain (`guidance` None) or under `AnswerGuidance(**guidance)` with
-    the spec's questions (`guidance["questions"]` picks `binding_questions` or `verification_questions`)."""
-    vision, images = pipe.model.model.vision_model, []
-    size = vision.config.image_size
-    guidance = dict(guidance or {})
-    ask = {"binding": binding_questions, "all": verification_questions}[guidance.pop("questions", "binding")]
-    generator = torch.Generator().manual_seed(0)  # the smoothing noise, one stream for the whole run
-    for start in range(0, len(specs), batch_size):
-        batch = specs[start : start + batch_size]
-        generators = [torch.Generator().manual_seed(seed + start + k) for k in range(len(batch))]
-        noise = pipe.prepare_latents(len(batch), vision.config.latent_channels, size, size, pipe.model.dtype,
-                                     pipe.device, generators, None)
-        callback = None
-        if guidance:
-            callback = AnswerGuidance(pipe, [ask(spec) for spec in batch], noise, generator=generator, **guidance)
-        images += pipe([spec.prompt for spec in batch], generator=generators, latents=noise,
-                       callback_on_step_end=callback).images
-    return images
-
-
-def answer_guidance_table(args) -> dict:
-    specs = [prompt_spec_for(scene) for scene in generation_scenes(args.num_prompts, seed=args.seed)]
-    guidance = dict(scale=args.scale, min_time=args.min_time, smoothing=(int(args.smoothing[0]), args.smoothing[1]),
-                    questions=args.questions)
-    results = {}
-    for path in args.models:
-        pipe = HydraPipeline.from_pretrained(path)
-        pipe.set_progress_bar_config(disable=True)
-        runs = {name: answer_guided_images(pipe, specs, args.seed, setting)
-                for name, setting in (("plain", None), ("guided", guidance))}
-        rows = {}
-        for prefix, min_fit, categories in (("", 0.0, True), ("well-drawn ", WELL_DRAWN_MIN_FIT, False)):
-            guided, plain = (generation_outcomes(runs[name], specs, min_fit) for name in ("guided", "plain"))
-            table = paired_score_rows(guided, plain, categories)
-            for row, (guided_score, plain_score, difference, error) in table.items():
-                rows[prefix + row] = {"plain": plain_score, "guided": guided_score, "difference": [difference, error]}
-        results[path] = rows
-        print(f"{path}: {len(specs)} prompts of seed {args.seed}, answer guidance {guidance} against the plain "
-              "sampler on the same noise\n| score | plain | guided | guided - plain |\n|---|---:|---:|---:|")
-        for row, values in rows.items():
-            difference, error = values["difference"]
-            print(f"| {row} | {values['plain']:.4f} | {values['guided']:.4f} | {difference:+.4f} +- {error:.4f} |",
-                  flush=True)
-    return results
 
 
 @torch.no_grad()
@@ -784,14 +631,6 @@ def main(argv: list[str] | None = None) -> None:
     verify.add_argument("--num-prompts", type=int, default=120, help="development prompts (seed --seed)")
     verify.add_argument("--candidates", type=int, default=4, help="images drawn per prompt")
     verify.add_argument("--seed", type=int, default=777)
-    answer = commands.add_parser("answer-guidance", help="sampling steered by the model's answers about its estimate")
-    answer.add_argument("--num-prompts", type=int, default=480, help="prompts of seed --seed")
-    answer.add_argument("--seed", type=int, default=777)
-    answer.add_argument("--scale", type=float, default=0.03, help="step, in units of the gradient's RMS per image")
-    answer.add_argument("--min-time", type=float, default=0.3, help="guide the steps ending at flow times >= this")
-    answer.add_argument("--smoothing", type=float, nargs=2, default=[4, 0.5], metavar=("DRAWS", "SIGMA"),
-                        help="average the gradient over DRAWS reads of x0 + SIGMA * noise (1 0: none)")
-    answer.add_argument("--questions", choices=("binding", "all"), default="binding")
     failures = commands.add_parser("failures", help="why the development images miss their prompts, per category")
     failures.add_argument("--num-prompts", type=int, default=480, help="development prompts (seed --seed)")
     failures.add_argument("--seed", type=int, default=777)
@@ -814,7 +653,7 @@ def main(argv: list[str] | None = None) -> None:
     for command in (word, probe, stochastic):
         command.add_argument("--pag-scale", type=float, default=3.0, help="0: no guidance")
         command.add_argument("--pag-layers", type=int, nargs="+", default=[1])
-    for command in (flow, word, probe, stochastic, verify, answer, failures, shape, classifier, relation,
+    for command in (flow, word, probe, stochastic, verify, failures, shape, classifier, relation,
                     relation_probe):
         command.add_argument("models", nargs="+", help="HYDRA folders")
         command.add_argument("--json", help="also write the results as JSON here")
@@ -827,13 +666,8 @@ def main(argv: list[str] | None = None) -> None:
         shape.error(f"guidance scales must exceed 1 (1 is the baseline), got {args.scales} and {args.control_scale}")
     if args.command == "self-verify" and (args.candidates < 2 or args.num_prompts < 1):
         verify.error(f"expected --candidates >= 2 and --num-prompts >= 1, got {args.candidates} and {args.num_prompts}")
-    if args.command == "answer-guidance" and (args.scale < 0 or not 0 <= args.min_time <= 1 or args.smoothing[0] < 1
-                                              or args.smoothing[0] != int(args.smoothing[0]) or args.smoothing[1] < 0):
-        answer.error(f"expected --scale >= 0, --min-time in [0, 1] and --smoothing DRAWS >= 1 (whole) SIGMA >= 0, got "
-                     f"{args.scale}, {args.min_time} and {args.smoothing}")
     tables = {"flow-loss": flow_loss_table, "word-effect": word_effect_table, "word-probe": word_probe_table,
               "stochastic-steps": stochastic_steps_table, "self-verify": self_verify_table,
-              "answer-guidance": answer_guidance_table,
               "failures": failures_table, "shape-guidance": shape_guidance_table,
               "word-classifier": word_classifier_table, "relation-flip": relation_flip_table,
               "relation-probe": relation_probe_table}

@@ -43,12 +43,14 @@ __all__ = [
     "PromptSpec",
     "Scene",
     "ShapeObject",
+    "binding_questions",
     "caption_for",
     "example_rng",
     "generation_prompts",
     "generation_scenes",
     "make_shapes_dataset",
     "prompt_spec_for",
+    "prompt_spec_from_text",
     "question_for",
     "relation_word_question",
     "relations_between",
@@ -56,6 +58,7 @@ __all__ = [
     "render_scene",
     "sample_scene",
     "shapes_features",
+    "verification_questions",
 ]
 
 CANVAS_SIZE = 64
@@ -387,6 +390,71 @@ def prompt_spec_for(scene: Scene) -> PromptSpec:
         raise ValueError(f"No generation prompt for category {category!r}; expected one of {GENERATION_CATEGORIES}.")
     relation = _clear_relation(objects[0], objects[1]) if category == "position" else None
     return PromptSpec(category, caption_for(scene), requirements, relation)
+
+
+_NOUN_PHRASE = re.compile(
+    r"(an?|" + "|".join(_COUNT_WORDS.values()) + r") (?:(" + "|".join(ALL_COLORS) + r") )?(" + "|".join(SHAPES) + r")(s?)"
+)
+_PHRASE_RELATIONS = {phrase: relation for relation, phrase in _RELATION_PHRASES.items()}
+
+
+def prompt_spec_from_text(text: str) -> PromptSpec:
+    """The `PromptSpec` of a prompt in the world's caption grammar, as `prompt_spec_for` writes them ("a red circle to
+    the left of a blue square", "three green circles", "a circle and a square"); a `ValueError` for other text.
+    Why: answer guidance and scoring need to know what a typed prompt asks for."""
+    prompt = " ".join(text.lower().strip().rstrip(".").split())
+    counts = {word: count for count, word in _COUNT_WORDS.items()}
+
+    def requirement(phrase: str, exact: bool) -> ObjectRequirement | None:
+        match = _NOUN_PHRASE.fullmatch(phrase)
+        if match is None or (match[1] in counts) != bool(match[4]):  # "two circles" and "a circle", not "a circles"
+            return None
+        return ObjectRequirement(match[3], match[2], counts.get(match[1], 1), exact and match[1] in counts)
+
+    relation_pattern = "|".join(map(re.escape, _PHRASE_RELATIONS))
+    position = re.fullmatch(rf"(.+?) ({relation_pattern}) (.+)", prompt)
+    if position is not None:
+        pair = [requirement(position[1], False), requirement(position[3], False)]
+        if None not in pair and all(obj.color and obj.count == 1 for obj in pair):
+            return PromptSpec("position", prompt, tuple(pair), _PHRASE_RELATIONS[position[2]])
+    phrases = re.split(r", | and ", prompt)
+    objects = [requirement(phrase, exact=len(phrases) == 1) for phrase in phrases]
+    if None in objects:
+        raise ValueError(
+            f"{text!r} is not a shapes-world prompt; expected noun phrases like 'a red circle' or 'three blue squares' "
+            f"(colours {', '.join(ALL_COLORS)}; shapes {', '.join(SHAPES)}) joined by ', ' / ' and ', or two "
+            f"coloured ones joined by one of {', '.join(_PHRASE_RELATIONS)}"
+        )
+    colored = objects[0].color is not None
+    if len(objects) == 1:
+        category = "counting" if objects[0].exact else "colors" if colored else "single_object"
+    else:
+        category = "color_attribution" if colored else "two_objects"
+    return PromptSpec(category, prompt, tuple(objects))
+
+
+def verification_questions(spec: PromptSpec) -> list[tuple[str, str]]:
+    """(question, answer) pairs in the world's question templates whose answers the prompt fixes: existence of each
+    coloured object, a count of each shape named without a colour or counted, and the relation if asked."""
+    questions, counts = [], {}
+    for requirement in spec.objects:
+        if requirement.color is None or requirement.exact:
+            counts[requirement.shape] = counts.get(requirement.shape, 0) + requirement.count
+        else:
+            questions.append((f"is there {_noun_phrase(requirement.shape, requirement.color)}?", "yes"))
+    questions += [(f"how many {_plural(shape, 2)} are there?", str(count)) for shape, count in counts.items()]
+    if spec.relation is not None:
+        subject, reference = spec.objects[:2]
+        questions.append((f"is the {subject.color} {subject.shape} {spec.relation} the {reference.color} "
+                          f"{reference.shape}?", "yes"))
+    return questions
+
+
+def binding_questions(spec: PromptSpec) -> list[tuple[str, str]]:
+    """`verification_questions` without the counts: the existence of each coloured object and the relation. These
+    are what answer guidance asks (the counts' gradient painted fragments: docs/experiments.md, thirty-first round),
+    so prompts that name no colour (single object, two objects) are not guided."""
+    return [pair for pair in verification_questions(spec) if not pair[0].startswith("how many")]
 
 
 def _unique_by(objects: Sequence[ShapeObject], attribute: str) -> list[ShapeObject]:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.shapes import generation_scenes, make_shapes_dataset, prompt_spec_for, render_scene
+from ..data.shapes import binding_questions, generation_scenes, make_shapes_dataset, prompt_spec_for, render_scene
 from ..pipelines import HydraPipeline
 from .shapes import (
     SPECK_MAX_PIXELS,
@@ -134,20 +134,26 @@ def evaluate_shapes(
     pag_applied_layers: list[int] | None = None,
     guidance_interval: tuple[float, float] | None = None,
     images_per_prompt: int = 1,
+    answer_guidance_scale: float | None = None,
 ) -> ShapesEvaluation:
     """Scores on `num_scenes` scenes (and as many generation prompts, each drawn `images_per_prompt` times: image j of
     prompt i from noise seed `seed + j * num_scenes + i`, so the first image of every prompt is the same whatever the
     number) from a seed the training never used.
     Guidance settings left as None are the model's defaults (`HydraPipeline.guidance_settings`); the result records
-    the ones used.
+    the ones used. Answer guidance (`answer_guidance_scale` > 0, or the model's own scale when None) asks each prompt's
+    `binding_questions`, so the single-object, two-object and counting prompts are drawn as without it.
 
     The `"editing"` part re-generates each generation prompt's reference scene from its latent noised to each of
     `edit_strengths`: the time at which the scores fall says where along the flow the model loses the scene (late
     times: the shapes' details; early ones: the layout), which the end-to-end scores cannot.
     """
-    sampling = pipe.guidance_settings(guidance_scale, pag_scale, pag_applied_layers, guidance_interval)
+    sampling = pipe.guidance_settings(guidance_scale, pag_scale, pag_applied_layers, guidance_interval,
+                                      answer_guidance_scale)
     if not sampling["pag_scale"]:
         sampling.pop("pag_applied_layers")
+    if not sampling["answer_guidance_scale"]:  # None (the model ships no scale) or 0: off
+        for name in ("answer_guidance_scale", "answer_guidance_min_time", "answer_guidance_smoothing"):
+            sampling.pop(name)
     if sampling["guidance_scale"] == 1.0:  # no classifier-free guidance, so no interval of it
         sampling.pop("guidance_interval")
     settings = {"steps": num_inference_steps, **sampling}
@@ -202,10 +208,14 @@ def generate_for_specs(
     pag_applied_layers: list[int] | None = None,
     guidance_interval: tuple[float, float] | None = None,
     negative_prompts: list[str] | None = None,
+    answer_guidance_scale: float | None = None,
+    answer_guidance_min_time: float | None = None,
+    answer_guidance_smoothing: tuple[int, float] | None = None,
 ) -> list:
     """One seeded image per prompt spec (image i uses seed `seed + i`, whatever the batch size); with `references`
     (one image per spec), edits of them at `strength` instead; with `negative_prompts` (one per spec), classifier-free
-    guidance against them instead of the empty prompt. Guidance left as None is the model's default."""
+    guidance against them instead of the empty prompt; with `answer_guidance_scale` > 0, answer guidance with each
+    spec's `binding_questions`. Guidance left as None is the model's default, except answer guidance: off."""
     for name, per_spec in (("references", references), ("negative_prompts", negative_prompts)):
         if per_spec is not None and len(per_spec) != len(specs):
             raise ValueError(f"expected one of `{name}` per prompt spec ({len(specs)}), got {len(per_spec)}")
@@ -215,7 +225,11 @@ def generate_for_specs(
         generators = [torch.Generator(pipe.device).manual_seed(seed + start + i) for i in range(len(batch))]
         edit = {} if references is None else {"image": references[start : start + batch_size], "strength": strength}
         negative = None if negative_prompts is None else negative_prompts[start : start + batch_size]
+        questions = [binding_questions(spec) for spec in batch] if answer_guidance_scale else None
         images += pipe([spec.prompt for spec in batch], negative_prompt=negative, generator=generators,
                        num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, pag_scale=pag_scale,
-                       pag_applied_layers=pag_applied_layers, guidance_interval=guidance_interval, **edit).images
+                       pag_applied_layers=pag_applied_layers, guidance_interval=guidance_interval,
+                       guidance_questions=questions, answer_guidance_scale=answer_guidance_scale,
+                       answer_guidance_min_time=answer_guidance_min_time,
+                       answer_guidance_smoothing=answer_guidance_smoothing, **edit).images
     return images

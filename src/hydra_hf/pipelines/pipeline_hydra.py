@@ -15,6 +15,7 @@ from huggingface_hub import snapshot_download
 
 from .. import flow_matching, lora
 from ..models.hydra import HydraForConditionalGeneration, HydraProcessor
+from .answer_guidance import AnswerGuidance, QuestionAnswer
 
 __all__ = ["HydraPipeline"]
 
@@ -24,6 +25,12 @@ StepCallback = Callable[[DiffusionPipeline, int, torch.Tensor, dict[str, torch.T
 DEFAULT_GUIDANCE_SCALE = 5.0
 DEFAULT_PAG_SCALE = 0.0
 DEFAULT_GUIDANCE_INTERVAL = (0.0, 1.0)  # flow times (low, high) where CFG applies: throughout
+# Answer guidance (runs only with `guidance_questions`): the setting measured best on hydra-tiny-shapes (thirty-first
+# round of docs/experiments.md): steps of 0.03 latent RMS after the steps ending at t >= 0.3, the gradient averaged
+# over 4 reads of the clean estimate with noise of std 0.5.
+DEFAULT_ANSWER_GUIDANCE_SCALE = 0.03
+DEFAULT_ANSWER_GUIDANCE_MIN_TIME = 0.3
+DEFAULT_ANSWER_GUIDANCE_SMOOTHING = (4, 0.5)
 # Hub arguments `snapshot_download` takes; the rest of `from_pretrained`'s keyword arguments go to the loaders.
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "revision", "token")
 
@@ -39,7 +46,10 @@ class HydraPipeline(DiffusionPipeline):
     latent's velocity. Classifier-free guidance runs the unconditional and conditional rows as one batch (at the flow
     times of `guidance_interval`), and perturbed-attention guidance (PAG, diffusers' `pag_scale` /
     `pag_applied_layers`) adds a third block of rows whose tokens attend only to themselves in the chosen LLM layers.
-    A model can ship its own defaults for these in `model.generation_config.text_to_image` (see `guidance_settings`).
+    With `guidance_questions` (question, answer) pairs per prompt, answer guidance moves the latents after each step
+    down the gradient of the answers' loss, as the model's understanding path reads the step's clean estimate
+    ([`~pipelines.answer_guidance.AnswerGuidance`]). A model can ship its own defaults for these in
+    `model.generation_config.text_to_image` (see `guidance_settings`).
 
     Args:
         model ([`HydraForConditionalGeneration`]): the unified model (LLM, HYDRA-TOK, flow head).
@@ -116,23 +126,33 @@ class HydraPipeline(DiffusionPipeline):
         pag_scale: float | None = None,
         pag_applied_layers: list[int] | tuple[int, ...] | None = None,
         guidance_interval: list[float] | tuple[float, float] | None = None,
+        answer_guidance_scale: float | None = None,
+        answer_guidance_min_time: float | None = None,
+        answer_guidance_smoothing: list | tuple[int, float] | None = None,
     ) -> dict:
-        """`guidance_scale`, `pag_scale`, `pag_applied_layers` and `guidance_interval` as a call uses them: those
-        given, else the model's own (`model.generation_config.text_to_image`, a dict the checkpoint ships, as Janus
-        keeps its image guidance in its generation config), else CFG 5 throughout, no PAG and the middle LLM layer."""
+        """The guidance settings as a call uses them: those given, else the model's own
+        (`model.generation_config.text_to_image`, a dict the checkpoint ships, as Janus keeps its image guidance in
+        its generation config), else CFG 5 throughout, no PAG, the middle LLM layer and the answer guidance
+        defaults, except `answer_guidance_scale`, which stays None unless given or the model's: callers that can ask
+        questions of their own (the shapes evaluation) guide only when it is set, and a call with
+        `guidance_questions` takes `DEFAULT_ANSWER_GUIDANCE_SCALE` for None."""
         own = getattr(self.model.generation_config, "text_to_image", None) or {}
         settings = {
             "guidance_scale": own.get("guidance_scale", DEFAULT_GUIDANCE_SCALE),
             "pag_scale": own.get("pag_scale", DEFAULT_PAG_SCALE),
             "pag_applied_layers": own.get("pag_applied_layers", [self.model.config.text_config.num_hidden_layers // 2]),
             "guidance_interval": own.get("guidance_interval", DEFAULT_GUIDANCE_INTERVAL),
+            "answer_guidance_scale": own.get("answer_guidance_scale"),
+            "answer_guidance_min_time": own.get("answer_guidance_min_time", DEFAULT_ANSWER_GUIDANCE_MIN_TIME),
+            "answer_guidance_smoothing": own.get("answer_guidance_smoothing", DEFAULT_ANSWER_GUIDANCE_SMOOTHING),
         }
         given = {
             "guidance_scale": guidance_scale, "pag_scale": pag_scale, "pag_applied_layers": pag_applied_layers,
-            "guidance_interval": guidance_interval,
+            "guidance_interval": guidance_interval, "answer_guidance_scale": answer_guidance_scale,
+            "answer_guidance_min_time": answer_guidance_min_time, "answer_guidance_smoothing": answer_guidance_smoothing,
         }
         settings.update({name: value for name, value in given.items() if value is not None})
-        for name in ("pag_applied_layers", "guidance_interval"):
+        for name in ("pag_applied_layers", "guidance_interval", "answer_guidance_smoothing"):
             if isinstance(settings[name], tuple):
                 settings[name] = list(settings[name])
         return settings
@@ -169,6 +189,9 @@ class HydraPipeline(DiffusionPipeline):
         pag_scale: float = 0.0,
         pag_applied_layers: list[int] = (),
         guidance_interval: list[float] | tuple[float, float] = DEFAULT_GUIDANCE_INTERVAL,
+        answer_guidance_scale: float = DEFAULT_ANSWER_GUIDANCE_SCALE,
+        answer_guidance_min_time: float = DEFAULT_ANSWER_GUIDANCE_MIN_TIME,
+        answer_guidance_smoothing: list | tuple[int, float] = DEFAULT_ANSWER_GUIDANCE_SMOOTHING,
     ) -> None:
         """Every bad argument is a `ValueError` that says what was expected, before any model work is done."""
         if isinstance(prompt, str):
@@ -225,6 +248,22 @@ class HydraPipeline(DiffusionPipeline):
                 f"`pag_applied_layers` must be a non-empty list of LLM decoder layer indices in [-{num_layers}, "
                 f"{num_layers}) when `pag_scale` > 0, got {pag_applied_layers!r}"
             )
+        if answer_guidance_scale < 0:
+            raise ValueError(f"`answer_guidance_scale` must be >= 0 (0 = no answer guidance), got {answer_guidance_scale}")
+        if not 0.0 <= answer_guidance_min_time <= 1.0:
+            raise ValueError(
+                f"`answer_guidance_min_time` must be a flow time in [0, 1] (answer guidance follows the steps that end "
+                f"at or above it), got {answer_guidance_min_time}"
+            )
+        smoothing = answer_guidance_smoothing
+        if not (
+            isinstance(smoothing, (list, tuple)) and len(smoothing) == 2
+            and isinstance(smoothing[0], int) and smoothing[0] >= 1
+            and isinstance(smoothing[1], (int, float)) and smoothing[1] >= 0
+        ):
+            raise ValueError(
+                f"`answer_guidance_smoothing` must be (draws >= 1, noise std >= 0), got {answer_guidance_smoothing!r}"
+            )
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise ValueError(f"`num_images_per_prompt` must be an integer >= 1, got {num_images_per_prompt!r}")
         num_images = batch_size * num_images_per_prompt
@@ -268,6 +307,31 @@ class HydraPipeline(DiffusionPipeline):
                 raise ValueError(
                     f"`callback_on_step_end_tensor_inputs` must be among {self._callback_tensor_inputs}, got {unknown}"
                 )
+
+    @staticmethod
+    def questions_per_prompt(
+        prompt: str | list[str], guidance_questions: list[QuestionAnswer] | list[list[QuestionAnswer]] | None
+    ) -> list[list[QuestionAnswer]] | None:
+        """`guidance_questions` as one list of (question, answer) pairs per prompt (a single prompt may take its list
+        directly); a `ValueError` that shows the expected form otherwise."""
+        if guidance_questions is None:
+            return None
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+
+        def is_pair(item) -> bool:
+            return isinstance(item, (list, tuple)) and len(item) == 2 and all(isinstance(text, str) for text in item)
+
+        if isinstance(prompt, str) and isinstance(guidance_questions, list) and all(map(is_pair, guidance_questions)):
+            guidance_questions = [guidance_questions]
+        if not (
+            isinstance(guidance_questions, list) and len(guidance_questions) == len(prompts)
+            and all(isinstance(pairs, list) and all(map(is_pair, pairs)) for pairs in guidance_questions)
+        ):
+            raise ValueError(
+                f"`guidance_questions` must be one list of (question, answer) string pairs per prompt ({len(prompts)}),"
+                f" e.g. [[('is there a red circle?', 'yes')]]; got {guidance_questions!r}"
+            )
+        return [[tuple(pair) for pair in pairs] for pairs in guidance_questions]
 
     def encode_prompt(
         self,
@@ -373,6 +437,10 @@ class HydraPipeline(DiffusionPipeline):
         pag_scale: float | None = None,
         pag_applied_layers: list[int] | None = None,
         guidance_interval: tuple[float, float] | None = None,
+        guidance_questions: list[QuestionAnswer] | list[list[QuestionAnswer]] | None = None,
+        answer_guidance_scale: float | None = None,
+        answer_guidance_min_time: float | None = None,
+        answer_guidance_smoothing: tuple[int, float] | None = None,
     ) -> ImagePipelineOutput | tuple:
         r"""
         Args:
@@ -413,6 +481,17 @@ class HydraPipeline(DiffusionPipeline):
                 steps that use classifier-free guidance, as in "guidance in a limited interval" (Kynkaanniemi et al.
                 2024); the other steps skip the unconditional rows and take the conditional velocity (with PAG, if
                 on). Default: the model's, else `(0, 1)`, every step.
+            guidance_questions (`list[(str, str)]`, or one such list per prompt, *optional*): (question, answer)
+                pairs the prompt fixes, in the model's question templates (e.g. `[("is there a red circle?", "yes")]`),
+                for answer guidance; an empty list leaves that prompt's images unguided. For the shapes world,
+                `hydra_hf.data.shapes.binding_questions(prompt_spec_from_text(prompt))` writes them.
+            answer_guidance_scale (`float`, *optional*): with `guidance_questions`, the RMS of the latent step taken
+                down the answers' loss gradient after each step; 0 turns answer guidance off. Default: the model's,
+                else 0.03. Each guided step costs `draws` understanding passes with a backward pass.
+            answer_guidance_min_time (`float`, *optional*): answer guidance follows the steps that end at flow time
+                >= this (the layout is settled early; late steps only sharpen). Default: the model's, else 0.3.
+            answer_guidance_smoothing (`(int, float)`, *optional*): `(draws, std)`: the gradient is averaged over
+                `draws` reads of the clean estimate plus noise of this std. Default: the model's, else `(4, 0.5)`.
 
         Returns:
             [`ImagePipelineOutput`] with `images`, or `(images,)` when `return_dict=False`.
@@ -422,9 +501,14 @@ class HydraPipeline(DiffusionPipeline):
         vision_config = self.model.vision_model.config
         height = height or vision_config.image_size
         width = width or vision_config.image_size
-        guidance = self.guidance_settings(guidance_scale, pag_scale, pag_applied_layers, guidance_interval)
+        guidance = self.guidance_settings(
+            guidance_scale, pag_scale, pag_applied_layers, guidance_interval, answer_guidance_scale,
+            answer_guidance_min_time, answer_guidance_smoothing,
+        )
         guidance_scale, pag_scale = guidance["guidance_scale"], guidance["pag_scale"]
         pag_applied_layers, guidance_interval = guidance["pag_applied_layers"], guidance["guidance_interval"]
+        if guidance["answer_guidance_scale"] is None:
+            guidance["answer_guidance_scale"] = DEFAULT_ANSWER_GUIDANCE_SCALE
 
         # 1. Check inputs
         if isinstance(image, PIL.Image.Image):
@@ -447,7 +531,11 @@ class HydraPipeline(DiffusionPipeline):
             pag_scale,
             pag_applied_layers,
             guidance_interval,
+            guidance["answer_guidance_scale"],
+            guidance["answer_guidance_min_time"],
+            guidance["answer_guidance_smoothing"],
         )
+        questions = self.questions_per_prompt(prompt, guidance_questions)
         self._guidance_scale = guidance_scale
         self._pag_scale = pag_scale
         self._guidance_interval = guidance_interval
@@ -502,6 +590,13 @@ class HydraPipeline(DiffusionPipeline):
         )
         if image is not None:
             latents = self.noised_image_latents(image, num_images_per_prompt, height, width, latents)
+        answer_guidance = None
+        if questions is not None:
+            answer_guidance = AnswerGuidance(
+                self.model, self.processor, [pairs for pairs in questions for _ in range(num_images_per_prompt)],
+                guidance["answer_guidance_scale"], guidance["answer_guidance_min_time"],
+                tuple(guidance["answer_guidance_smoothing"]),
+            )
 
         # 5. Denoising loop: t = 1 (noise) -> 0 (clean)
         with self.progress_bar(total=len(timesteps)) as progress_bar:
@@ -520,6 +615,9 @@ class HydraPipeline(DiffusionPipeline):
                 )
                 velocity = self.combine_guidance(velocity.chunk(blocks), with_unconditional=guided)
                 latents = self.scheduler.step(velocity, t, latents, generator=generator, return_dict=False)[0]
+                if answer_guidance is not None:
+                    next_time = float(self.scheduler.sigmas[i + 1])
+                    latents = answer_guidance.step(latents, velocity, next_time, generator)
 
                 if callback_on_step_end is not None:
                     callback_kwargs = {}
