@@ -107,10 +107,14 @@ def test_guidance_flags_reach_the_pipeline_and_the_eval_records_what_it_used(mod
     monkeypatch.setattr(HydraPipeline, "__call__", lambda self, *a, **kw: calls.append(kw) or pipeline_call(self, *a, **kw))
     cli.main(arguments)
     cli.main([*arguments, "--guidance", "2", "--pag-scale", "3", "--pag-layers", "0", "1", "--guidance-interval", "0.5", "1"])
-    names = ("guidance_scale", "pag_scale", "pag_applied_layers", "guidance_interval")
+    cli.main([*arguments, "--answer-guidance", "0.05"])
+    names = ("guidance_scale", "pag_scale", "pag_applied_layers", "guidance_interval", "answer_guidance_scale",
+             "guidance_questions")
     assert [{name: call[name] for name in names} for call in calls] == [
-        dict.fromkeys(names),  # None: the model's defaults
-        {"guidance_scale": 2.0, "pag_scale": 3.0, "pag_applied_layers": [0, 1], "guidance_interval": [0.5, 1.0]},
+        dict.fromkeys(names),  # None: the model's defaults, and no answer guidance (the tiny model ships none)
+        {"guidance_scale": 2.0, "pag_scale": 3.0, "pag_applied_layers": [0, 1], "guidance_interval": [0.5, 1.0],
+         "answer_guidance_scale": None, "guidance_questions": None},
+        {**dict.fromkeys(names), "answer_guidance_scale": 0.05, "guidance_questions": [[("is there a red circle?", "yes")]]},
     ]
     with pytest.raises(SystemExit, match="--pag-scale must be >= 0"):
         cli.main([*arguments, "--pag-scale", "-1"])
@@ -127,6 +131,44 @@ def test_guidance_flags_reach_the_pipeline_and_the_eval_records_what_it_used(mod
     }
     # Without classifier-free guidance there is no interval of it to record.
     assert settings("--guidance", "1") == {"steps": 2, "guidance_scale": 1.0, "pag_scale": 0.0}
+    assert settings("--answer-guidance", "0.05") == {
+        "steps": 2, "guidance_scale": 5.0, "pag_scale": 0.0, "guidance_interval": [0.0, 1.0],
+        "answer_guidance_scale": 0.05, "answer_guidance_min_time": 0.3, "answer_guidance_smoothing": [4, 0.5],
+    }
+
+
+def test_answer_guidance_needs_a_shapes_world_prompt_when_asked_for_and_skips_others_by_default(
+    model_dir, tmp_path, monkeypatch, caplog
+):
+    arguments = ["generate", "a dog", "--model", str(model_dir), "--steps", "2", "--output", str(tmp_path / "a.png")]
+    with pytest.raises(SystemExit, match="--answer-guidance asks the prompt's questions: 'a dog' is not a shapes-world"):
+        cli.main([*arguments, "--answer-guidance", "0.03"])
+    calls, pipeline_call = [], HydraPipeline.__call__
+    monkeypatch.setattr(HydraPipeline, "__call__", lambda self, *a, **kw: calls.append(kw) or pipeline_call(self, *a, **kw))
+    own = {"answer_guidance_scale": 0.03}
+    monkeypatch.setattr(HydraPipeline, "guidance_settings",
+                        lambda self, *a, **kw: {**pipeline_guidance_settings(self, *a, **kw), **own})
+    cli.main(arguments)  # the model's default: drawn unguided, with a warning
+    assert calls[-1]["guidance_questions"] == [[]] and "drawing 'a dog' without answer guidance" in caplog.text
+    cli.main([*arguments[:1], "a red circle above a blue square", *arguments[2:]])
+    assert len(calls[-1]["guidance_questions"][0]) == 3
+
+
+pipeline_guidance_settings = HydraPipeline.guidance_settings
+
+
+def test_answer_guided_generation_changes_only_the_prompts_with_binding_questions(model_dir, monkeypatch):
+    # latents, not pixels: the tiny model's untrained (zero-initialised) decoder draws the same grey for any latent
+    pipeline_call = HydraPipeline.__call__
+    monkeypatch.setattr(HydraPipeline, "__call__", lambda self, *a, **kw: pipeline_call(self, *a, **{**kw, "output_type": "latent"}))
+    pipe = HydraPipeline.from_pretrained(model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    specs = [prompt_spec_for(scene) for scene in generation_scenes(6, seed=EVAL_SEED)]  # one per category
+    plain = generate_for_specs(pipe, specs, num_inference_steps=2, batch_size=3)
+    guided = generate_for_specs(pipe, specs, num_inference_steps=2, batch_size=3, answer_guidance_scale=0.5,
+                                answer_guidance_min_time=0.0)
+    changed = [spec.category for spec, a, b in zip(specs, plain, guided) if not np.array_equal(np.asarray(a), np.asarray(b))]
+    assert changed == ["colors", "position", "color_attribution"]
 
 
 def test_evaluation_is_deterministic(model_dir):

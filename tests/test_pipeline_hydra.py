@@ -9,6 +9,7 @@ from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from hydra_hf import HydraForConditionalGeneration, HydraPipeline, HydraProcessor, flow_matching
 from hydra_hf.models.hydra_tok.modeling_hydra_tok import ZeroInitLinear
 from hydra_hf.pipelines import pipeline_hydra
+from hydra_hf.pipelines.answer_guidance import AnswerGuidance, answer_batch, summed_answer_log_probs
 
 from .utils import tiny_hydra, tiny_processor
 
@@ -205,10 +206,13 @@ def test_perturbed_attention_guidance_adds_a_block_of_rows_and_follows_diffusers
 
 def test_guidance_defaults_come_from_the_models_generation_config_and_survive_saving(pipe, tmp_path):
     prompts = [PROMPT, "a blue circle"]
+    answer_defaults = {"answer_guidance_scale": None, "answer_guidance_min_time": 0.3, "answer_guidance_smoothing": [4, 0.5]}
     assert pipe.guidance_settings() == {
         "guidance_scale": 5.0, "pag_scale": 0.0, "pag_applied_layers": [1], "guidance_interval": [0.0, 1.0],
+        **answer_defaults,
     }
-    own = {"guidance_scale": 2.0, "pag_scale": 4.0, "pag_applied_layers": [0], "guidance_interval": [0.5, 1.0]}
+    own = {"guidance_scale": 2.0, "pag_scale": 4.0, "pag_applied_layers": [0], "guidance_interval": [0.5, 1.0],
+           "answer_guidance_scale": 0.1, "answer_guidance_min_time": 0.5, "answer_guidance_smoothing": [2, 0.25]}
     pipe.model.generation_config.text_to_image = own
     explicit = run(pipe, prompts, output_type="latent", **own)
     assert torch.equal(run(pipe, prompts, output_type="latent"), explicit)
@@ -220,6 +224,15 @@ def test_guidance_defaults_come_from_the_models_generation_config_and_survive_sa
     assert reloaded.guidance_settings(pag_scale=0.0, pag_applied_layers=(1,), guidance_interval=(0.0, 1.0)) == {
         **own, "pag_scale": 0.0, "pag_applied_layers": [1], "guidance_interval": [0.0, 1.0],
     }
+    # the model's answer guidance applies to calls that ask questions, and only to them
+    questions = [[("is there a red square?", "yes")], []]
+    reloaded.set_progress_bar_config(disable=True)
+    assert torch.equal(run(reloaded, prompts, output_type="latent"), explicit)
+    guided = run(reloaded, prompts, output_type="latent", guidance_questions=questions)
+    assert torch.equal(guided, run(reloaded, prompts, output_type="latent", guidance_questions=questions,
+                                   **{name: own[name] for name in own if name.startswith("answer")}))
+    assert not torch.allclose(guided, run(reloaded, prompts, output_type="latent", guidance_questions=questions,
+                                          answer_guidance_scale=0.03), atol=1e-4)
 
 
 def test_guidance_interval_skips_the_unconditional_rows_outside_it(pipe, monkeypatch):
@@ -265,6 +278,62 @@ def test_the_prompt_runs_once_and_is_tokenised_once(pipe, monkeypatch):
     uncached = run(pipe, [PROMPT, "a blue circle"], use_prompt_cache=False)
     assert lengths == [prompt_length + 16] * STEPS
     assert torch.allclose(cached, uncached, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- answer guidance
+def answer_loss(pipe, x0: torch.Tensor, pairs) -> float:
+    """-sum log p(answer) of the pairs asked of the clean latent estimate `x0` (one image) by the understanding."""
+    vision = pipe.model.model.vision_model
+    size = vision.config.image_size
+    batch, spans = answer_batch(pipe.processor, [PIL.Image.new("RGB", (size, size))] * len(pairs), pairs)
+    with torch.no_grad():
+        latents = vision.denormalize_latents(x0).expand(len(pairs), -1, -1, -1)
+        logits = pipe.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                            image_latents=latents).logits
+    return -float(summed_answer_log_probs(logits, batch["input_ids"], spans).sum())
+
+
+def test_an_answer_guidance_step_lowers_the_answer_loss_of_the_clean_estimate(pipe):
+    questions = [[("is there a red square?", "yes"), ("how many circles are there?", "2")], []]  # image 1: none
+    latents = torch.randn(2, 8, 4, 4, generator=torch.Generator().manual_seed(0))
+    velocity = torch.randn(latents.shape, generator=torch.Generator().manual_seed(1))
+    guidance = AnswerGuidance(pipe.model, pipe.processor, questions, scale=0.05, min_time=0.5, smoothing=(1, 0.0))
+    moved = guidance.step(latents, velocity, next_time=0.75)
+    before, after = (answer_loss(pipe, (x - 0.75 * velocity)[:1], questions[0]) for x in (latents, moved))
+    assert after < before  # the same velocity, a better-answering clean estimate
+    assert torch.equal(moved[1], latents[1])  # nothing asked, nothing moved
+    assert float((moved[0] - latents[0]).pow(2).mean().sqrt()) == pytest.approx(0.05, rel=1e-4)  # scale x RMS
+    smoothed = AnswerGuidance(pipe.model, pipe.processor, questions, scale=0.05, min_time=0.5, smoothing=(3, 0.5))
+    generators = [torch.Generator().manual_seed(i) for i in (0, 1)]
+    moved_smoothed = smoothed.step(latents, velocity, 0.75, generators)
+    assert not torch.allclose(moved_smoothed[0], moved[0]) and torch.equal(moved_smoothed[1], latents[1])
+    assert torch.equal(generators[1].get_state(), torch.Generator().manual_seed(1).get_state())  # no draws for it
+    # a step ending below min_time moves nothing
+    assert torch.equal(guidance.step(latents, velocity, next_time=0.25), latents)
+
+
+def test_answer_guidance_in_the_pipeline_moves_only_asked_images_whatever_their_batch(pipe):
+    prompts = [PROMPT, "a blue circle", "a circle"]
+    questions = [[("is there a red square?", "yes")], [("is there a blue circle?", "yes")], []]
+    generators = lambda seeds: [torch.Generator().manual_seed(seed) for seed in seeds]  # noqa: E731
+
+    def call(prompts, seeds, **kwargs):
+        return pipe(prompts, generator=generators(seeds), num_inference_steps=STEPS, output_type="latent",
+                    num_images_per_prompt=2, **kwargs).images
+
+    seeds = range(6)
+    plain = call(prompts, seeds)
+    guided = call(prompts, seeds, guidance_questions=questions, answer_guidance_scale=0.2, answer_guidance_min_time=0.0)
+    assert torch.equal(guided[4:], plain[4:])  # the third prompt asks nothing: its two images are the plain ones
+    assert all(not torch.allclose(guided[i], plain[i], atol=1e-3) for i in range(4))
+    alone = call(prompts[1:2], seeds[2:4], guidance_questions=questions[1:2], answer_guidance_scale=0.2,
+                 answer_guidance_min_time=0.0)
+    torch.testing.assert_close(alone, guided[2:4], atol=1e-4, rtol=1e-4)  # the smoothing noise is each image's own
+    for off in (dict(answer_guidance_scale=0.0), dict(answer_guidance_min_time=1.0)):
+        assert torch.equal(call(prompts, seeds, guidance_questions=questions, **off), plain)
+    one_prompt = pipe(PROMPT, generator=generators([0]), num_inference_steps=STEPS, output_type="latent",
+                      guidance_questions=questions[0], answer_guidance_scale=0.2, answer_guidance_min_time=0.0).images
+    torch.testing.assert_close(one_prompt, guided[:1], atol=1e-4, rtol=1e-4)  # a single prompt takes its list directly
 
 
 # ---------------------------------------------------------------------------------------------------- callbacks
@@ -385,6 +454,12 @@ def test_model_cpu_offload_matches_the_model_on_the_accelerator(pipe):
         (dict(image=PIL.Image.new("RGB", (32, 32))), r"one PIL image per prompt \(2\), got a list of 1 \(Image\)"),
         (dict(image=[PIL.Image.new("RGB", (32, 32)), "x.png"]), r"one PIL image per prompt \(2\), got a list of 2 \(Image, str\)"),
         (dict(image=[PIL.Image.new("RGB", (32, 32))] * 2, latents=torch.zeros(2, 8, 4, 4)), r"`image` .* or `latents`, not both"),
+        (dict(guidance_questions=[("is there a red square?", "yes")]), r"one list of \(question, answer\) string pairs per prompt \(2\)"),
+        (dict(guidance_questions=[[("is there a red square?",)], []]), r"`guidance_questions` must be one list"),
+        (dict(guidance_questions=[[], []], answer_guidance_scale=-0.1), r"`answer_guidance_scale` must be >= 0 .*got -0\.1"),
+        (dict(answer_guidance_min_time=1.5), r"`answer_guidance_min_time` must be a flow time in \[0, 1\] .*got 1\.5"),
+        (dict(answer_guidance_smoothing=(0, 0.5)), r"`answer_guidance_smoothing` must be \(draws >= 1, noise std >= 0\), got \[0, 0\.5\]"),
+        (dict(answer_guidance_smoothing=(2, -1.0)), r"`answer_guidance_smoothing` must be .*got \[2, -1\.0\]"),
     ],
 )
 def test_bad_inputs_say_what_was_expected(pipe, kwargs, message):

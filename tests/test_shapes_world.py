@@ -23,17 +23,21 @@ from hydra_hf.data import (
     QUESTION_TYPES,
     RELATION_WORD_QUESTION_TYPE,
     SHAPES,
+    ObjectRequirement,
     PromptSpec,
+    binding_questions,
     caption_for,
     example_rng,
     generation_prompts,
     generation_scenes,
     make_shapes_dataset,
+    prompt_spec_from_text,
     question_for,
     relations_between,
     rotate_shape_words,
     render_scene,
     sample_scene,
+    verification_questions,
 )
 
 from .utils import expected_answer, row_scene
@@ -255,6 +259,36 @@ def test_generation_prompts_follow_their_reference_scenes():
             assert requirement.exact and requirement.count == len(scene.objects)
         if spec.category in ("single_object", "two_objects"):
             assert all(requirement.color is None for requirement in spec.objects)
+
+
+def test_typed_prompts_read_back_as_the_specs_the_world_writes():
+    specs = [spec for seed in (0, 12345) for spec in generation_prompts(600, seed=seed, colors=tuple(ALL_COLORS))]
+    assert [prompt_spec_from_text(spec.prompt) for spec in specs] == specs
+    assert {spec.category for spec in specs} == set(GENERATION_CATEGORIES)
+    assert prompt_spec_from_text("  A Pink  triangle. ") == PromptSpec(
+        "colors", "a pink triangle", (ObjectRequirement("triangle", "pink"),))
+    assert prompt_spec_from_text("two squares").objects == (ObjectRequirement("square", None, 2, exact=True),)
+    for text in ("a red circles", "two circle", "a teal circle", "a dog", "a circle to the left of a square", ""):
+        with pytest.raises(ValueError, match="not a shapes-world prompt; expected noun phrases like 'a red circle'"):
+            prompt_spec_from_text(text)
+
+
+def test_verification_questions_ask_what_the_prompt_fixes_and_binding_questions_leave_out_counts():
+    counting = prompt_spec_from_text("three orange circles")
+    assert verification_questions(counting) == [("how many circles are there?", "3")]
+    assert binding_questions(counting) == []
+    two = prompt_spec_from_text("a square and a square")
+    assert verification_questions(two) == [("how many squares are there?", "2")] and binding_questions(two) == []
+    position = prompt_spec_from_text("an orange circle to the left of a red square")
+    asked = [("is there an orange circle?", "yes"), ("is there a red square?", "yes"),
+             ("is the orange circle left of the red square?", "yes")]
+    assert verification_questions(position) == asked and binding_questions(position) == asked
+    attribution = prompt_spec_from_text("a blue triangle and a yellow circle")
+    assert binding_questions(attribution) == [("is there a blue triangle?", "yes"), ("is there a yellow circle?", "yes")]
+    # the questions are in the templates the model is trained to answer
+    templates = re.compile(r"is there an? \w+ \w+\?|is the \w+ \w+ (left of|right of|above|below) the \w+ \w+\?")
+    assert all(templates.fullmatch(question) and answer == "yes"
+               for spec in generation_prompts(60, seed=3) for question, answer in binding_questions(spec))
 
 
 def test_relations_are_judged_by_centres():
