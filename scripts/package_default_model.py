@@ -123,6 +123,17 @@ def install_generation_defaults(folder: Path, settings: dict) -> dict:
     return defaults
 
 
+def sampling_summary(sampling: dict) -> str:
+    """The card's sentence on the default sampler. Answer guidance needs questions, which a plain `pipe(prompt)`
+    does not have, so the card says who asks them."""
+    summary = f"`HydraPipeline` samples it by default with the guidance it was scored with, from its generation config: {sampling}."
+    if sampling.get("answer_guidance_scale"):
+        summary += (" Answer guidance applies to calls that pass `guidance_questions`; `hydra-hf generate`, `demo` and "
+                    "`eval shapes` ask a shapes-world prompt's existence and relation questions themselves "
+                    "(`hydra_hf.data.shapes.binding_questions(prompt_spec_from_text(prompt))`).")
+    return summary
+
+
 def install(args, scores: dict, recipe: dict, staging: Path) -> None:
     """Write the model's files, its generation defaults and its card into `staging`."""
     first, last = first_recipe(recipe), last_trained(recipe)
@@ -144,8 +155,7 @@ def install(args, scores: dict, recipe: dict, staging: Path) -> None:
             "reconstruction PSNR >= 30 dB, GenEval-style overall >= 0.80 (single object >= 0.95) and VQA >= 0.90; "
             f"this checkpoint reaches {scores['reconstruction_psnr']:.2f} dB, "
             f"{scores['generation']['overall']:.3f} ({scores['generation']['single_object']:.3f}) and "
-            f"{scores['vqa_accuracy']:.3f}. `HydraPipeline` samples it by default with the guidance it was scored "
-            f"with, from its generation config: {sampling}."
+            f"{scores['vqa_accuracy']:.3f}. {sampling_summary(sampling)}"
         ),
         training_details={
             "recipe": "examples/train_hydra_tiny_shapes.py (semantic ViT, word tokenizer, LLM, HYDRA-TOK 1-2, unified I-III)",

@@ -134,3 +134,12 @@ def test_card_says_how_many_images_per_prompt_its_generation_scores_drew():
     assert packager.evaluation_summary(scores) == "500 held-out scenes (seed 12345), `hydra-hf eval shapes`, {'steps': 30}"
     assert packager.evaluation_summary({**scores, "images_per_prompt": 1}) == packager.evaluation_summary(scores)
     assert "`hydra-hf eval shapes --images-per-prompt 4`" in packager.evaluation_summary({**scores, "images_per_prompt": 4})
+
+
+def test_card_says_that_answer_guidance_needs_questions_only_when_the_model_ships_it():
+    packager = load_packager()
+    plain = {"guidance_scale": 1.0, "pag_scale": 3.0, "pag_applied_layers": [0]}
+    assert "guidance_questions" not in packager.sampling_summary(plain)
+    assert str(plain) in packager.sampling_summary(plain)
+    guided = packager.sampling_summary({**plain, "answer_guidance_scale": 0.03})
+    assert "Answer guidance applies to calls that pass `guidance_questions`" in guided
