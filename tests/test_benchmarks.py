@@ -86,3 +86,20 @@ def test_quick_all_sections(tmp_path):
     assert training["hydra-tok-stage2"]["trainable_parameters"] < training["hydra-tok-stage1"]["trainable_parameters"]
     t2i = report["sections"]["text-to-image"]
     assert t2i["hydra-cache-off"]["gflops_per_image"] > t2i["hydra-cache-on"]["gflops_per_image"]
+
+
+def test_answer_guidance_benchmark_counts_the_understanding_passes_it_adds(tmp_path):
+    from benchmarks import answer_guidance_speed
+
+    from .utils import save_tiny_hydra
+
+    output = tmp_path / "answer.json"
+    report = answer_guidance_speed.main([
+        "--model", str(save_tiny_hydra(tmp_path / "model")), "--batch", "2", "--steps", "3", "--warmup", "0",
+        "--runs", "1", "--json", str(output),
+    ])
+    assert json.loads(output.read_text()) == json.loads(json.dumps(report))
+    plain, guided = report["results"]["plain"], report["results"]["answer-guided"]
+    assert guided["gflops_per_image"] > plain["gflops_per_image"] > 0  # the guided steps' reads and backward passes
+    assert guided["cost_vs_plain"] == pytest.approx(guided["s_per_image"] / plain["s_per_image"])
+    assert report["questions"][0][-1] == ("is the red circle left of the blue square?", "yes")
