@@ -66,9 +66,10 @@ class AnswerGuidance:
         if not self.applies_at(next_time):
             return latents
         device = latents.device
-        with torch.inference_mode(False), torch.enable_grad():  # pipelines sample under inference mode
+        # Pipelines sample under inference mode, and tensors made there (the latents, the velocity, this object's
+        # token ids) cannot enter autograd: clones of them, made outside it, can.
+        with torch.inference_mode(False), torch.enable_grad():
             x0 = (latents.clone() - next_time * velocity.clone()).requires_grad_(True)
-            # clones: tensors made under inference mode (as these were, in the pipeline's call) cannot enter autograd
             owners = self.owners.to(device).clone()
             batch = {name: self.batch[name].to(device).clone() for name in ("input_ids", "attention_mask")}
             asked_generators = [generator[i] for i in self.asked] if isinstance(generator, list) else generator
