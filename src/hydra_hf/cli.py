@@ -197,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
                              help="answer guidance: after each early step, move the latents SCALE (latent RMS) down "
                                   "the loss of the model's own answers to the prompt's questions (is each coloured "
                                   "object there, does the relation hold; shapes-world prompts only); 0 = off, 0.03 = "
-                                  "the measured setting, about 4x slower (default: the model's, else off)")
+                                  "the measured setting, about 7x slower for prompts with such questions (default: "
+                                  "the model's, else off)")
 
     sub = commands.add_parser("demo", help="generate images for a few fixed prompts and answer questions about them")
     add_model(sub)
