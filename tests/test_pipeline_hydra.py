@@ -404,8 +404,12 @@ def test_to_moves_every_component_and_bfloat16_runs(pipe):
     assert pipe.device.type == "cpu" and pipe.model.device.type == "cpu"
     pipe.to(torch.bfloat16)
     assert pipe.model.dtype == torch.bfloat16
-    assert run(pipe, output_type="latent").dtype == torch.bfloat16
+    plain = run(pipe, output_type="latent")
+    assert plain.dtype == torch.bfloat16
     assert run(pipe).shape == (1, 3, 32, 32)
+    guided = run(pipe, output_type="latent", guidance_questions=[("is there a red square?", "yes")],
+                 answer_guidance_scale=0.2, answer_guidance_min_time=0.0)
+    assert guided.dtype == torch.bfloat16 and torch.isfinite(guided).all() and not torch.equal(guided, plain)
 
 
 def test_offload_declarations_and_inapplicable_helpers_are_harmless(pipe):
