@@ -15,12 +15,14 @@ from pathlib import Path
 
 from transformers import GenerationConfig
 
+from hydra_hf.data.shapes import binding_questions, prompt_spec_from_text
 from hydra_hf.evaluation import WELL_DRAWN_MIN_FIT
 from hydra_hf.hub import model_card, staged_folder
 
 ASSET = Path(__file__).resolve().parents[1] / "src" / "hydra_hf" / "assets" / "hydra-tiny-shapes"
 KEEP = ("*.safetensors", "*.json", "*.jinja")
 SKIP = ("trainer_state.json",)  # a checkpoint's, not the model's
+CARD_PROMPT = "a red circle to the left of a blue square"
 CARD_SCORES = ("settings", "num_scenes", "seed", "reconstruction_psnr", "generation", "vqa_accuracy")
 
 
@@ -126,7 +128,8 @@ def install_generation_defaults(folder: Path, settings: dict) -> dict:
 def sampling_summary(sampling: dict) -> str:
     """The card's sentence on the default sampler. Answer guidance needs questions, which a plain `pipe(prompt)`
     does not have, so the card says who asks them."""
-    summary = f"`HydraPipeline` samples it by default with the guidance it was scored with, from its generation config: {sampling}."
+    summary = ("`HydraPipeline` samples it by default with the guidance it was scored with, from its generation "
+               f"config: {sampling}.")
     if sampling.get("answer_guidance_scale"):
         summary += (" Answer guidance applies to calls that pass `guidance_questions`; `hydra-hf generate`, `demo` and "
                     "`eval shapes` ask a shapes-world prompt's existence and relation questions themselves "
@@ -171,7 +174,9 @@ def install(args, scores: dict, recipe: dict, staging: Path) -> None:
         eval_results=eval_table(scores),
         num_inference_steps=scores["settings"]["steps"],
         guidance_scale=None,
-        prompt="a red circle to the left of a blue square",
+        prompt=CARD_PROMPT,
+        guidance_questions=(binding_questions(prompt_spec_from_text(CARD_PROMPT))
+                            if sampling.get("answer_guidance_scale") else None),  # the usage then samples as scored
         question="how many circles are there?",
     )
     card.save(staging / "README.md")

@@ -517,6 +517,12 @@ def test_cards_render_metadata_usage_and_eval_table():
     assert "num_inference_steps=30, guidance_scale=5.0).images[0]" in text
     # None leaves guidance to the model's own defaults (its generation config): the snippet passes none.
     assert "num_inference_steps=30).images[0]" in str(model_card("user/m", guidance_scale=None))
+    # a model that samples with answer guidance shows the prompt's questions, as Python the reader can paste
+    asked = str(model_card("user/m", guidance_scale=None, prompt="a red circle",
+                           guidance_questions=[("is there a red circle?", "yes")]))
+    call = asked[asked.index("image = pipe(") : asked.index(".images[0]")]
+    assert call.endswith("guidance_questions=[('is there a red circle?', 'yes')])")
+    compile(call, "usage", "exec")
 
     pipeline_text = str(model_card("user/p", kind="pipeline"))
     assert 'subfolder="model"' in pipeline_text and "## Evaluation" not in pipeline_text

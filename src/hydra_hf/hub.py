@@ -68,7 +68,8 @@ import hydra_hf
 # text-to-image with the adapter (diffusers-style LoRA methods)
 pipe = HydraPipeline.from_pretrained("{{ base_model }}")
 pipe.load_lora_weights("{{ repo_id }}")
-image = pipe("{{ prompt }}", num_inference_steps={{ num_inference_steps }}{% if guidance_scale is not none %}, guidance_scale={{ guidance_scale }}{% endif %}).images[0]
+image = pipe("{{ prompt }}", num_inference_steps={{ num_inference_steps }}{% if guidance_scale is not none %}, guidance_scale={{ guidance_scale }}{% endif %}{% if guidance_questions %},
+              guidance_questions={{ guidance_questions }}{% endif %}).images[0]
 pipe.fuse_lora()            # optional: merge into the weights; pipe.unload_lora_weights() removes the adapter
 
 # transformers / peft
@@ -80,7 +81,8 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 # text-to-image (diffusers)
 pipe = HydraPipeline.from_pretrained("{{ repo_id }}")
-image = pipe("{{ prompt }}", num_inference_steps={{ num_inference_steps }}{% if guidance_scale is not none %}, guidance_scale={{ guidance_scale }}{% endif %}).images[0]
+image = pipe("{{ prompt }}", num_inference_steps={{ num_inference_steps }}{% if guidance_scale is not none %}, guidance_scale={{ guidance_scale }}{% endif %}{% if guidance_questions %},
+              guidance_questions={{ guidance_questions }}{% endif %}).images[0]
 
 # image understanding (transformers: stock generate)
 model = AutoModelForImageTextToText.from_pretrained("{{ repo_id }}"{{ subfolder_model }})
@@ -148,6 +150,7 @@ def model_card(
     question: str = "what color is the circle ?",
     num_inference_steps: int = 30,
     guidance_scale: float | None = 5.0,
+    guidance_questions: Sequence[tuple[str, str]] | None = None,
     **card_data_kwargs,
 ) -> ModelCard:
     """
@@ -156,7 +159,8 @@ def model_card(
     `library_name`/`pipeline_tag` default by kind; `tags` are added to the HYDRA tags; `training_details` is
     Markdown or a mapping (rendered as a list); `eval_results` (metric -> value) becomes a table. Other keyword
     arguments become YAML metadata (e.g. `language`, `base_model_relation`). `prompt`/`question` go into the usage
-    snippet, and so does `guidance_scale` unless it is None (the model's own default, `HydraPipeline.guidance_settings`).
+    snippet, and so does `guidance_scale` unless it is None (the model's own default,
+    `HydraPipeline.guidance_settings`), and `guidance_questions` (the prompt's (question, answer) pairs) for a model that samples with answer guidance.
     """
     if kind not in _KINDS:
         raise ValueError(f"Unknown card kind {kind!r}; expected one of {sorted(_KINDS)}")
@@ -196,6 +200,7 @@ def model_card(
         question=question,
         num_inference_steps=num_inference_steps,
         guidance_scale=guidance_scale,
+        guidance_questions=[tuple(pair) for pair in guidance_questions or ()],
         training_details=_training_markdown(training_details),
         eval_rows=[(name, _format_value(value)) for name, value in (eval_results or {}).items()],
     )

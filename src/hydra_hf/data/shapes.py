@@ -393,7 +393,9 @@ def prompt_spec_for(scene: Scene) -> PromptSpec:
 
 
 _NOUN_PHRASE = re.compile(
-    r"(an?|" + "|".join(_COUNT_WORDS.values()) + r") (?:(" + "|".join(ALL_COLORS) + r") )?(" + "|".join(SHAPES) + r")(s?)"
+    r"(an?|" + "|".join(_COUNT_WORDS.values()) + r") "  # article or count word
+    r"(?:(" + "|".join(ALL_COLORS) + r") )?"  # colour, if named
+    r"(" + "|".join(SHAPES) + r")(s?)"  # shape, plural ending
 )
 _PHRASE_RELATIONS = {phrase: relation for relation, phrase in _RELATION_PHRASES.items()}
 

@@ -149,7 +149,8 @@ class HydraPipeline(DiffusionPipeline):
         given = {
             "guidance_scale": guidance_scale, "pag_scale": pag_scale, "pag_applied_layers": pag_applied_layers,
             "guidance_interval": guidance_interval, "answer_guidance_scale": answer_guidance_scale,
-            "answer_guidance_min_time": answer_guidance_min_time, "answer_guidance_smoothing": answer_guidance_smoothing,
+            "answer_guidance_min_time": answer_guidance_min_time,
+            "answer_guidance_smoothing": answer_guidance_smoothing,
         }
         settings.update({name: value for name, value in given.items() if value is not None})
         for name in ("pag_applied_layers", "guidance_interval", "answer_guidance_smoothing"):
@@ -249,7 +250,9 @@ class HydraPipeline(DiffusionPipeline):
                 f"{num_layers}) when `pag_scale` > 0, got {pag_applied_layers!r}"
             )
         if answer_guidance_scale < 0:
-            raise ValueError(f"`answer_guidance_scale` must be >= 0 (0 = no answer guidance), got {answer_guidance_scale}")
+            raise ValueError(
+                f"`answer_guidance_scale` must be >= 0 (0 = no answer guidance), got {answer_guidance_scale}"
+            )
         if not 0.0 <= answer_guidance_min_time <= 1.0:
             raise ValueError(
                 f"`answer_guidance_min_time` must be a flow time in [0, 1] (answer guidance follows the steps that end "
