@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from PIL import Image
+from transformers import GenerationConfig
 
 from hydra_hf import cli
 from hydra_hf.data.shapes import generation_scenes, prompt_spec_for, render_scene
@@ -155,6 +156,22 @@ def test_answer_guidance_needs_a_shapes_world_prompt_when_asked_for_and_skips_ot
 
 
 pipeline_guidance_settings = HydraPipeline.guidance_settings
+
+
+def test_eval_follows_a_models_own_answer_guidance_and_zero_turns_it_off(tmp_path):
+    model_dir = save_tiny_hydra(tmp_path / "guided")
+    config = GenerationConfig.from_pretrained(model_dir)
+    config.text_to_image, config._from_model_config = {"answer_guidance_scale": 0.05}, False
+    config.save_pretrained(model_dir)
+
+    def settings(*flags):
+        output = tmp_path / "scores.json"
+        cli.main(["eval", "shapes", "--model", str(model_dir), "--num-scenes", "1", "--steps", "2", "--parts",
+                  "generation", "--json", str(output), *flags])
+        return json.loads(output.read_text())["settings"]
+
+    assert settings()["answer_guidance_scale"] == 0.05
+    assert "answer_guidance_scale" not in settings("--answer-guidance", "0")
 
 
 def test_answer_guided_generation_changes_only_the_prompts_with_binding_questions(model_dir, monkeypatch):
