@@ -446,9 +446,7 @@ def verification_questions(spec: PromptSpec) -> list[tuple[str, str]]:
             questions.append((f"is there {_noun_phrase(requirement.shape, requirement.color)}?", "yes"))
     questions += [(f"how many {_plural(shape, 2)} are there?", str(count)) for shape, count in counts.items()]
     if spec.relation is not None:
-        subject, reference = spec.objects[:2]
-        questions.append((f"is the {subject.color} {subject.shape} {spec.relation} the {reference.color} "
-                          f"{reference.shape}?", "yes"))
+        questions.append((_relation_question_text(*spec.objects[:2], spec.relation), "yes"))
     return questions
 
 
@@ -516,6 +514,11 @@ def question_for(
     return _relation_question(related_pairs, rng)
 
 
+def _relation_question_text(subject, reference, relation: str) -> str:
+    """The yes/no relation question's template, for two objects (or requirements) named by colour and shape."""
+    return f"is the {subject.color} {subject.shape} {relation} the {reference.color} {reference.shape}?"
+
+
 def _relation_question(
     related_pairs: Sequence[tuple[ShapeObject, ShapeObject, str]], rng: np.random.Generator
 ) -> tuple[str, str, str]:
@@ -523,8 +526,7 @@ def _relation_question(
     subject, reference, relation = _pick(rng, related_pairs)
     answer = "yes" if rng.random() < 0.5 else "no"
     asked = relation if answer == "yes" else OPPOSITE_RELATION[relation]
-    question = f"is the {subject.color} {subject.shape} {asked} the {reference.color} {reference.shape}?"
-    return question, answer, "relation"
+    return _relation_question_text(subject, reference, asked), answer, "relation"
 
 
 def relation_word_question(scene: Scene, rng: np.random.Generator) -> tuple[str, str, str] | None:
