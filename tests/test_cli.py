@@ -93,10 +93,14 @@ def test_compare_pairs_two_evaluations_of_the_same_prompts(model_dir, tmp_path, 
     single = scores["generation"]["single_object"]
     assert f"| GenEval-style single object | {single:.4f} | {single:.4f} | +0.0000 +- 0.0000 |" in printed
     assert "| well-drawn overall | " in printed and "| well-drawn counting" not in printed
+    assert "| only asked overall | " in printed and "| only asked single object | " in printed
     assert "12 prompts of seed 12345, each image from the same noise seed" in printed
     second.write_text(json.dumps({**better, "images_per_prompt": 4}))
     cli.main(["eval", "compare", str(first), str(second)])
     assert "1 and 4 images per prompt, the j-th of each prompt from the same noise seed" in capsys.readouterr().out
+    second.write_text(json.dumps({**better, "only_asked_outcomes": {}}))  # written before it was measured
+    cli.main(["eval", "compare", str(first), str(second)])
+    assert "| only asked" not in capsys.readouterr().out
     for changed, message in (({"seed": 1}, "same prompts and noise seeds"), ({"generation_outcomes": {}}, "no per-prompt")):
         second.write_text(json.dumps({**scores, **changed}))
         with pytest.raises(SystemExit, match=message):
@@ -239,6 +243,8 @@ def test_several_images_per_prompt_keep_the_first_image_and_score_each_prompt_by
     single = evaluate_shapes(pipe, num_scenes=6, batch_size=4, parts=("generation",))
     assert drawn == [(prompts[k], k) for k in range(6)] and single.generation["overall"] == 1.0
     assert single.objects_per_single_object_image == 1.0
+    assert result.only_asked == result.generation and single.only_asked["overall"] == 1.0
+    assert "With nothing drawn but what was asked (every count exact, no other object): overall 1.0000" in single.to_markdown()
     assert "Objects drawn per image for the single-object prompts (asked: 1; " in single.to_markdown()
     with pytest.raises(SystemExit, match="--images-per-prompt must be >= 1"):
         cli.main(["eval", "shapes", "--model", str(model_dir), "--images-per-prompt", "0"])

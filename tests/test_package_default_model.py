@@ -103,7 +103,7 @@ def install_expecting_refusal(packager, model, tmp_path, scores: dict) -> subpro
     return result
 
 
-def test_card_table_carries_the_well_drawn_score_standard_error_and_object_count_when_the_scores_have_them():
+def test_card_table_carries_the_well_drawn_score_standard_error_object_count_and_only_asked_scores_when_they_exist():
     packager = load_packager()
     scores = {"reconstruction_psnr": 31.664, "generation": {"overall": 0.2914}, "vqa_accuracy": 0.74}
     assert "GenEval-style overall, well-drawn shapes only (fit >= 0.8)" not in packager.eval_table(scores)
@@ -115,6 +115,10 @@ def test_card_table_carries_the_well_drawn_score_standard_error_and_object_count
     assert packager.eval_table({**scores, "objects_per_single_object_image": 2.3333})[
         "objects drawn per image for single-object prompts (asked: 1)"] == 2.33
     assert not any(name.startswith("objects drawn") for name in table)
+    only_asked = packager.eval_table({**scores, "only_asked": {"single_object": 0.1234, "colors": 0.5, "overall": 0.2}})
+    assert only_asked["GenEval-style single_object, nothing drawn but what was asked"] == 0.123
+    assert only_asked["GenEval-style overall, nothing drawn but what was asked"] == 0.2
+    assert not any("colors, nothing drawn" in name or "nothing drawn" in name for name in table)
 
 
 def test_training_further_refuses_flags_that_the_start_has_fixed(tmp_path):

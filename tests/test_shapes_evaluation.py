@@ -253,6 +253,29 @@ def test_position_and_colour_binding_are_checked():
     assert not spec_satisfied(detect_objects(image), swapped_colours)
 
 
+def test_only_asked_also_fails_images_with_anything_but_the_asked_objects():
+    """GenEval passes "a circle" drawn beside a square, and two circles for one; `only_asked` passes neither."""
+    red_circle, blue_square = ShapeObject.at("circle", "red", 4, 20, 16), ShapeObject.at("square", "blue", 40, 22, 16)
+    second_circle = ShapeObject.at("circle", "green", 40, 44, 16)
+    one_circle = PromptSpec("single_object", "a circle", (ObjectRequirement("circle"),))
+    red_one = PromptSpec("colors", "a red circle", (ObjectRequirement("circle", "red"),))
+    both = PromptSpec("two_objects", "a circle and a square", (ObjectRequirement("circle"), ObjectRequirement("square")))
+    for objects, spec, geneval, only_asked in (
+        ((red_circle,), one_circle, True, True),
+        ((red_circle, blue_square), one_circle, True, False),
+        ((red_circle, second_circle), one_circle, True, False),
+        ((red_circle, second_circle), red_one, True, False),
+        ((red_circle, blue_square), both, True, True),
+        ((red_circle, blue_square, second_circle), both, True, False),
+        ((blue_square,), one_circle, False, False),
+    ):
+        found = detect_objects(render_scene(Scene(objects)))
+        assert (spec_satisfied(found, spec), spec_satisfied(found, spec, only_asked=True)) == (geneval, only_asked)
+    specs, scenes = generation_prompts(60, seed=8), generation_scenes(60, seed=8)
+    references = [render_scene(scene) for scene in scenes]  # a reference scene holds what its prompt asks, no more
+    assert generation_outcomes(references, specs, only_asked=True) == generation_outcomes(references, specs)
+
+
 def test_scores_table_lists_every_score():
     table = format_scores_table({"counting": 0.5, "overall": 0.25})
     assert table.splitlines() == ["| metric | score |", "| --- | ---: |", "| counting | 0.5000 |", "| overall | 0.2500 |"]

@@ -168,8 +168,12 @@ def compare(args) -> None:
     print(f"{args.first} (A) against {args.second} (B): {prompts[0][0]} prompts of seed {prompts[0][1]}, {drawn} from "
           "the same noise seed in both; A - B +- its standard error over the prompts")
     print("| score | A | B | A - B |\n|---|---:|---:|---:|")
-    for label, key in (("GenEval-style", "generation_outcomes"), ("well-drawn", "well_drawn_outcomes")):
-        rows = paired_score_rows(first[key], second[key], categories=key == "generation_outcomes")
+    groups = [("GenEval-style", "generation_outcomes"), ("well-drawn", "well_drawn_outcomes"),
+              ("only asked", "only_asked_outcomes")]
+    for label, key in groups:
+        if not (first.get(key) and second.get(key)):  # scores from before it was measured lack it
+            continue
+        rows = paired_score_rows(first[key], second[key], categories=key != "well_drawn_outcomes")
         for row, (a, b, difference, error) in rows.items():
             print(f"| {label} {row.replace('_', ' ')} | {a:.4f} | {b:.4f} | {difference:+.4f} +- {error:.4f} |")
 

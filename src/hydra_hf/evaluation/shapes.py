@@ -27,6 +27,7 @@ __all__ = [
     "drawn_mask",
     "format_scores_table",
     "generation_outcomes",
+    "outcomes_from_detections",
     "overall_standard_error",
     "paired_differences",
     "paired_score_rows",
@@ -215,11 +216,14 @@ def count_specks(
     return int((sizes < max_pixels).sum())
 
 
-def spec_satisfied(detections: Sequence[DetectedObject], spec: PromptSpec) -> bool:
+def spec_satisfied(detections: Sequence[DetectedObject], spec: PromptSpec, only_asked: bool = False) -> bool:
     """GenEval's rule, on detections rather than an object detector's boxes.
 
     Every required shape (and colour) is present often enough, exactly as often when counting; when a relation
     is asked, some object matching the first requirement stands in it to one matching the second, by centres.
+    With `only_asked`, nothing else may be drawn either: every count is exact and every detection matches a
+    requirement (GenEval passes "a circle" drawn among other objects, so a generator that draws several gets
+    several tries).
     """
     matches = []
     for requirement in spec.objects:
@@ -228,9 +232,12 @@ def spec_satisfied(detections: Sequence[DetectedObject], spec: PromptSpec) -> bo
             for detection in detections
             if detection.shape == requirement.shape and requirement.color in (None, detection.color)
         ]
-        if len(found) < requirement.count or (requirement.exact and len(found) > requirement.count):
+        exact = requirement.exact or only_asked
+        if len(found) < requirement.count or (exact and len(found) > requirement.count):
             return False
         matches.append(found)
+    if only_asked and len({id(detection) for found in matches for detection in found}) < len(detections):
+        return False
     if spec.relation is None:
         return True
     return any(
@@ -247,25 +254,34 @@ WELL_DRAWN_MIN_FIT = 0.8
 
 def generation_outcomes(
     images: Sequence[Image.Image | np.ndarray], prompt_specs: Sequence[PromptSpec | Mapping[str, Any]],
-    min_fit: float = 0.0, images_per_prompt: int = 1,
+    min_fit: float = 0.0, images_per_prompt: int = 1, only_asked: bool = False,
 ) -> dict[str, list[float]]:
     """The share of each prompt's images that satisfy it, grouped by GenEval category in prompt order (with one image
     per prompt: whether it does). Specs may be `PromptSpec`s or their `to_dict()` form. With `images_per_prompt` N
     (GenEval draws 4), `images` holds N rounds of one image per spec (`images[round * len(prompt_specs) + i]` is for
     spec i). Detections that fit their shape below `min_fit` do not count (`WELL_DRAWN_MIN_FIT`: only well-drawn
-    shapes)."""
+    shapes); `only_asked` is `spec_satisfied`'s."""
+    return outcomes_from_detections([detect_objects(image) for image in images], prompt_specs, min_fit,
+                                    images_per_prompt, only_asked)
+
+
+def outcomes_from_detections(
+    detections: Sequence[Sequence[DetectedObject]], prompt_specs: Sequence[PromptSpec | Mapping[str, Any]],
+    min_fit: float = 0.0, images_per_prompt: int = 1, only_asked: bool = False,
+) -> dict[str, list[float]]:
+    """`generation_outcomes` from each image's `detect_objects`, so that several rules can score one detection."""
     if images_per_prompt < 1:
         raise ValueError(f"images_per_prompt must be at least 1, got {images_per_prompt}")
-    if len(images) != len(prompt_specs) * images_per_prompt:
-        raise ValueError(f"Got {len(images)} images for {len(prompt_specs)} prompt specs and {images_per_prompt} "
+    if len(detections) != len(prompt_specs) * images_per_prompt:
+        raise ValueError(f"Got {len(detections)} images for {len(prompt_specs)} prompt specs and {images_per_prompt} "
                          f"image(s) per prompt; expected {len(prompt_specs) * images_per_prompt}.")
     outcomes: dict[str, list[float]] = {}
     for index, spec in enumerate(prompt_specs):
         if not isinstance(spec, PromptSpec):
             spec = PromptSpec.from_dict(spec)
         satisfied = [
-            spec_satisfied([found for found in detect_objects(image) if found.fit >= min_fit], spec)
-            for image in images[index :: len(prompt_specs)]
+            spec_satisfied([found for found in image if found.fit >= min_fit], spec, only_asked)
+            for image in detections[index :: len(prompt_specs)]
         ]
         outcomes.setdefault(spec.category, []).append(sum(satisfied) / images_per_prompt)
     return {category: outcomes[category] for category in GENERATION_CATEGORIES if category in outcomes}

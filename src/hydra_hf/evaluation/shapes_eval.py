@@ -3,6 +3,7 @@ scores (also counting only well-drawn shapes, and the specks per image, which th
 and, as a diagnostic, the generation scores of edits (reference scenes noised to a flow time and denoised).
 `hydra-hf eval shapes` prints what `evaluate_shapes` returns."""
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -17,7 +18,7 @@ from .shapes import (
     count_specks,
     detect_objects,
     format_scores_table,
-    generation_outcomes,
+    outcomes_from_detections,
     overall_standard_error,
     psnr,
     score_generation,
@@ -50,6 +51,8 @@ class ShapesEvaluation:
     specks_per_image: float | None = None
     # GenEval's rule passes a one-object prompt if any detected object has the named shape, so drawing several helps.
     objects_per_single_object_image: float | None = None
+    # The same scores when nothing but what was asked may be drawn (`spec_satisfied(only_asked=True)`).
+    only_asked: dict[str, float] = field(default_factory=dict)
     vqa_accuracy: float | None = None
     vqa_by_type: dict[str, float] = field(default_factory=dict)
     editing: dict[str, float] = field(default_factory=dict)
@@ -57,6 +60,7 @@ class ShapesEvaluation:
     # Per prompt, by category in prompt order (`generation_outcomes`): for paired comparisons (`hydra-hf eval compare`).
     generation_outcomes: dict[str, list[float]] = field(default_factory=dict)
     well_drawn_outcomes: dict[str, list[float]] = field(default_factory=dict)
+    only_asked_outcomes: dict[str, list[float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,6 +83,9 @@ class ShapesEvaluation:
             if self.objects_per_single_object_image is not None:
                 lines += ["", "Objects drawn per image for the single-object prompts (asked: 1; the score passes any "
                           f"image with the named shape among them): {self.objects_per_single_object_image:.2f}"]
+            if self.only_asked:
+                lines += ["", "With nothing drawn but what was asked (every count exact, no other object): overall "
+                          f"{self.only_asked['overall']:.4f}, single object {self.only_asked.get('single_object', math.nan):.4f}"]
         if self.editing:
             lines += ["", "GenEval-style overall of edits (each prompt's reference scene noised to time s, then denoised):",
                       "", "| s | overall |", "|---:|---:|"]
@@ -176,16 +183,20 @@ def evaluate_shapes(
     if "generation" in parts:
         generated = generate_for_specs(pipe, specs * images_per_prompt, num_inference_steps, batch_size=batch_size,
                                        seed=seed, **sampling)
-        result.generation_outcomes = generation_outcomes(generated, specs, images_per_prompt=images_per_prompt)
-        result.well_drawn_outcomes = generation_outcomes(generated, specs, WELL_DRAWN_MIN_FIT, images_per_prompt)
+        detections = [detect_objects(image) for image in generated]
+        result.generation_outcomes = outcomes_from_detections(detections, specs, images_per_prompt=images_per_prompt)
+        result.well_drawn_outcomes = outcomes_from_detections(detections, specs, WELL_DRAWN_MIN_FIT, images_per_prompt)
+        result.only_asked_outcomes = outcomes_from_detections(detections, specs, images_per_prompt=images_per_prompt,
+                                                              only_asked=True)
         result.generation = scores_from_outcomes(result.generation_outcomes)
         result.generation_standard_error = overall_standard_error(result.generation_outcomes)
         result.well_drawn_overall = scores_from_outcomes(result.well_drawn_outcomes)["overall"]
+        result.only_asked = scores_from_outcomes(result.only_asked_outcomes)
         result.specks_per_image = float(np.mean([count_specks(image) for image in generated]))
-        one_object = [image for index, image in enumerate(generated)
+        one_object = [len(found) for index, found in enumerate(detections)
                       if specs[index % len(specs)].category == "single_object"]
         if one_object:
-            result.objects_per_single_object_image = float(np.mean([len(detect_objects(image)) for image in one_object]))
+            result.objects_per_single_object_image = float(np.mean(one_object))
     if "editing" in parts:
         references = [render_scene(scene) for scene in reference_scenes]
         for strength in edit_strengths:
