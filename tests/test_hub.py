@@ -534,7 +534,8 @@ def test_cards_render_metadata_usage_and_eval_table():
         model_card("user/lora", kind="adapter")
 
 
-def test_staged_folder_appears_whole_or_not_at_all(tmp_path):
+def test_staged_folder_appears_whole_or_not_at_all(tmp_path, monkeypatch):
+    from hydra_hf import hub
     from hydra_hf.hub import staged_folder
 
     target = tmp_path / "model"
@@ -550,6 +551,11 @@ def test_staged_folder_appears_whole_or_not_at_all(tmp_path):
             (staging / "b.txt").write_text("half")
             raise RuntimeError("failed while writing")
     assert [path.name for path in target.iterdir()] == ["a.txt"]  # untouched
+    deletions, rmtree = [], hub.shutil.rmtree  # what `target` held whenever a folder was deleted
+    monkeypatch.setattr(hub.shutil, "rmtree", lambda path, **kwargs: deletions.append(
+        (Path(path).name, sorted(p.name for p in target.iterdir()) if target.exists() else None)) or rmtree(path, **kwargs))
     with staged_folder(target, replace=True) as staging:
         (staging / "b.txt").write_text("whole")
     assert [path.name for path in target.iterdir()] == ["b.txt"]
+    assert deletions[-1] == ("model.replaced", ["b.txt"])  # the old model went only once the new one was in place
+    assert all(held is not None for _, held in deletions) and not (tmp_path / "model.replaced").exists()

@@ -313,7 +313,8 @@ def push_to_hub(
 def staged_folder(target: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
     """Yield an empty sibling `<target>.partial` to write a model folder into; when the block ends without an error it
     becomes `target`, replacing an existing one only if `replace`. A reader never finds a half-written folder, and a
-    failure leaves `target` as it was (and the partial folder, to look at)."""
+    failure leaves `target` as it was (and the partial folder, to look at). A replaced folder is moved aside to
+    `<target>.replaced` and deleted only once the new one is in place, so no moment holds neither whole."""
     target = Path(target)
     if target.exists() and not replace:
         raise ValueError(f"{target} exists; pass a new folder")
@@ -321,6 +322,11 @@ def staged_folder(target: str | os.PathLike, replace: bool = False) -> Iterator[
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     yield staging
-    if target.exists():
-        shutil.rmtree(target)
+    if not target.exists():
+        staging.rename(target)
+        return
+    replaced = target.with_name(target.name + ".replaced")
+    shutil.rmtree(replaced, ignore_errors=True)
+    target.rename(replaced)
     staging.rename(target)
+    shutil.rmtree(replaced)
