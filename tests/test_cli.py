@@ -246,6 +246,7 @@ def test_several_images_per_prompt_keep_the_first_image_and_score_each_prompt_by
     assert result.only_asked == result.generation and single.only_asked["overall"] == 1.0
     assert "With nothing drawn but what was asked (every count exact, no other object): overall 1.0000" in single.to_markdown()
     assert "Objects drawn per image for the single-object prompts (asked: 1; " in single.to_markdown()
+    assert "| metric | value |" not in single.to_markdown()  # no empty table for the parts not scored
     with pytest.raises(SystemExit, match="--images-per-prompt must be >= 1"):
         cli.main(["eval", "shapes", "--model", str(model_dir), "--images-per-prompt", "0"])
 

@@ -67,7 +67,8 @@ class ShapesEvaluation:
 
     def to_markdown(self) -> str:
         lines = [f"Held-out shapes-world scenes: {self.num_scenes} (seed {self.seed}); {self.settings}", ""]
-        lines += ["| metric | value |", "|---|---:|"]
+        if self.reconstruction_psnr is not None or self.vqa_accuracy is not None:
+            lines += ["| metric | value |", "|---|---:|"]
         if self.reconstruction_psnr is not None:
             lines.append(f"| tokenizer reconstruction PSNR (dB) | {self.reconstruction_psnr:.2f} |")
         if self.vqa_accuracy is not None:
