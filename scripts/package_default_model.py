@@ -60,35 +60,38 @@ def recipe_command(recipe: dict, work_dir: str = "DIR") -> str:
     """The commands that rebuild the model of `recipe` into `work_dir`, each with every flag its training_recipe.json
     records (older recipes record fewer; a flag they lack took the script's default of that time). A recipe continued
     with `--start_from` gives the start's commands, then its own; an average (scripts/average_checkpoints.py) its
-    ingredients' commands, then the average's. A model that several of them start from is trained once."""
+    ingredients' commands, then the average's. A model that several of them start from is trained once. The models on
+    the way are trained into `<work_dir>_1`, `_2`, ... in the order of the commands; a start without a recipe of its
+    own, which no command builds, is `<work_dir>_start`."""
     commands, trained = [], {}  # a recipe (as JSON) -> the work dir its model is trained in
 
-    def train(step: dict, work_dir: str) -> str:
+    def train(step: dict, final: bool = False) -> str:
         signature = json.dumps(step, sort_keys=True)
         if signature in trained:
             return trained[signature]
         if "average_of" in step:
-            ingredients = [train(ingredient, f"{work_dir}_{index}")
-                           for index, ingredient in enumerate(step["average_of"], start=1)]
-            commands.append(f"python scripts/average_checkpoints.py {work_dir}/final "
+            ingredients = [train(ingredient) for ingredient in step["average_of"]]
+            into = work_dir if final else f"{work_dir}_{len(commands) + 1}"
+            commands.append(f"python scripts/average_checkpoints.py {into}/final "
                             + " ".join(f"{ingredient}/final" for ingredient in ingredients))
         else:
             flags = {RECIPE_FLAG_NAMES.get(key, key): value for key, value in step.items()
                      if key not in (*RECIPE_NOT_FLAGS, "start_from", "start_recipe")}
             if "start_from" in step:
                 start = step["start_recipe"]
-                start_dir = train(start, f"{work_dir}_start") if start else f"{work_dir}_start"  # none: a bare start
+                start_dir = train(start) if start else f"{work_dir}_start"
                 flags = {"start_from": f"{start_dir}/final", **flags}
             else:
                 llm = step.get("llm", {})
                 flags.update(llm_hidden_size=llm.get("hidden_size"), llm_num_layers=llm.get("num_hidden_layers"))
             given = " ".join(f"--{name} {' '.join(map(str, value)) if isinstance(value, list) else value}"
                              for name, value in flags.items() if value is not None)
-            commands.append(f"python examples/train_hydra_tiny_shapes.py --work_dir {work_dir} {given}")
-        trained[signature] = work_dir
-        return work_dir
+            into = work_dir if final else f"{work_dir}_{len(commands) + 1}"
+            commands.append(f"python examples/train_hydra_tiny_shapes.py --work_dir {into} {given}")
+        trained[signature] = into
+        return into
 
-    train(recipe, work_dir)
+    train(recipe, final=True)
     return " && ".join(commands)
 
 
@@ -167,7 +170,7 @@ def install(args, scores: dict, recipe: dict, staging: Path) -> None:
             "recipe": "examples/train_hydra_tiny_shapes.py (semantic ViT, word tokenizer, LLM, HYDRA-TOK 1-2, unified I-III)",
             "command": f"`{recipe_command(recipe)}`",
             **({"provenance": args.provenance} if args.provenance else {}),
-            "steps, batch, learning rate per stage": json.dumps(last[0]["stages"]),
+            "steps at --scale 1, batch, learning rate per stage": json.dumps(last[0]["stages"]),
             "training scenes": f"{last[0]['scenes']} for the unified stages, the first {first.get('pretrain_scenes', first['scenes'])} "
             "of them for the pretraining and tokenizer stages",
             "seeds": f"first stages {first['seed']}, LLM pretraining {first.get('llm_seed', first['seed'])}, unified "

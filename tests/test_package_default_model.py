@@ -43,12 +43,13 @@ def test_a_continued_recipe_gives_its_start_command_then_its_own():
                  "scenes": 40000, "stage_ii_cycles": 1, "generation_ratio": 0.8, "ema_decay": None, "seed": 0,
                  "data_seed": 1, "unified_seed": 2}
     first, then = packager.recipe_command(continued).split(" && ")
-    assert first == packager.recipe_command(start, "DIR_start")
-    assert then == ("python examples/train_hydra_tiny_shapes.py --work_dir DIR --start_from DIR_start/final "
+    assert first == packager.recipe_command(start, "DIR_1")
+    assert then == ("python examples/train_hydra_tiny_shapes.py --work_dir DIR --start_from DIR_1/final "
                     "--scale 1.0 --num_scenes 40000 --stage_ii_cycles 1 --generation_ratio 0.8 --data_seed 1 --unified_seed 2")
     assert set(re.findall(r"--(\w+)", then)) <= training_script_flags()
     assert packager.first_recipe({**continued, "start_recipe": continued}) is start
-    assert packager.recipe_command({**continued, "start_recipe": None}) == then  # a start without a recipe of its own
+    bare = then.replace("DIR_1/final", "DIR_start/final")  # a start without a recipe of its own, which no command builds
+    assert packager.recipe_command({**continued, "start_recipe": None}) == bare
     specialised = packager.recipe_command({**continued, "train_categories": ["single_object", "colors"]})
     assert specialised.endswith("--unified_seed 2 --train_categories single_object colors")
 
@@ -61,10 +62,10 @@ def test_an_averaged_recipe_trains_each_shared_start_once_then_averages():
     fourth = {**third, "start_from": "outputs/third/final", "start_recipe": third, "unified_seed": 3}
     soup = {"averaged_from": ["outputs/third/final", "outputs/fourth/final"], "average_of": [third, fourth]}
     commands = packager.recipe_command(soup).split(" && ")
-    assert commands[0] == packager.recipe_command(start, "DIR_1_start")  # the shared start, trained once
-    assert commands[1].startswith("python examples/train_hydra_tiny_shapes.py --work_dir DIR_1 --start_from DIR_1_start/final ")
-    assert commands[2].startswith("python examples/train_hydra_tiny_shapes.py --work_dir DIR_2 --start_from DIR_1/final ")
-    assert commands[3] == "python scripts/average_checkpoints.py DIR/final DIR_1/final DIR_2/final"
+    assert commands[0] == packager.recipe_command(start, "DIR_1")  # the shared start, trained once
+    assert commands[1].startswith("python examples/train_hydra_tiny_shapes.py --work_dir DIR_2 --start_from DIR_1/final ")
+    assert commands[2].startswith("python examples/train_hydra_tiny_shapes.py --work_dir DIR_3 --start_from DIR_2/final ")
+    assert commands[3] == "python scripts/average_checkpoints.py DIR/final DIR_2/final DIR_3/final"
     assert len(commands) == 4 and "--unified_seed 3" in commands[2]
     assert packager.first_recipe(soup) is start and packager.last_trained(soup) == [third, fourth]
 
