@@ -108,7 +108,7 @@ def main() -> None:
     columns["LoRA"] = score()
     pipe.model.vision_model.decoder.load_state_dict(HydraTokModel.from_pretrained(decoder).decoder.state_dict())
     columns["LoRA + refined decoder"] = score()
-    sampling = pipe.guidance_settings(args.guidance, args.pag_scale, answer_guidance_scale=0)  # as generate_for_specs drew
+    sampling = pipe.guidance_in_effect(pipe.guidance_settings(args.guidance, args.pag_scale, answer_guidance_scale=0))
     print(f"{len(specs)} prompts naming pink (seed {EVAL_SEED + 1}); {args.steps} steps, {sampling}\n")
     print("| score | " + " | ".join(columns) + " |\n|---|" + "---:|" * len(columns))
     for name in columns["base"]:

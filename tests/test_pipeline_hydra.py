@@ -224,6 +224,9 @@ def test_guidance_defaults_come_from_the_models_generation_config_and_survive_sa
     assert reloaded.guidance_settings(pag_scale=0.0, pag_applied_layers=(1,), guidance_interval=(0.0, 1.0)) == {
         **own, "pag_scale": 0.0, "pag_applied_layers": [1], "guidance_interval": [0.0, 1.0],
     }
+    assert HydraPipeline.guidance_in_effect(own) == own  # every one of them changes the sampling
+    assert HydraPipeline.guidance_in_effect({**own, "guidance_scale": 1.0, "pag_scale": 0.0, "answer_guidance_scale": 0}) == {
+        "guidance_scale": 1.0, "pag_scale": 0.0}
     # the model's answer guidance applies to calls that ask questions, and only to them
     questions = [[("is there a red square?", "yes")], []]
     reloaded.set_progress_bar_config(disable=True)

@@ -155,15 +155,8 @@ def evaluate_shapes(
     `edit_strengths`: the time at which the scores fall says where along the flow the model loses the scene (late
     times: the shapes' details; early ones: the layout), which the end-to-end scores cannot.
     """
-    sampling = pipe.guidance_settings(guidance_scale, pag_scale, pag_applied_layers, guidance_interval,
-                                      answer_guidance_scale)
-    if not sampling["pag_scale"]:
-        sampling.pop("pag_applied_layers")
-    if not sampling["answer_guidance_scale"]:  # None (the model ships no scale) or 0: off
-        for name in ("answer_guidance_scale", "answer_guidance_min_time", "answer_guidance_smoothing"):
-            sampling.pop(name)
-    if sampling["guidance_scale"] == 1.0:  # no classifier-free guidance, so no interval of it
-        sampling.pop("guidance_interval")
+    sampling = pipe.guidance_in_effect(pipe.guidance_settings(guidance_scale, pag_scale, pag_applied_layers,
+                                                              guidance_interval, answer_guidance_scale))
     settings = {"steps": num_inference_steps, **sampling}
     result = ShapesEvaluation(num_scenes=num_scenes, seed=seed, settings=settings, images_per_prompt=images_per_prompt)
     if "reconstruction" in parts or "vqa" in parts:

@@ -158,6 +158,21 @@ class HydraPipeline(DiffusionPipeline):
                 settings[name] = list(settings[name])
         return settings
 
+    @staticmethod
+    def guidance_in_effect(settings: dict) -> dict:
+        """`guidance_settings` without the settings that change nothing: the PAG layers when PAG is off, the
+        classifier-free guidance interval at scale 1 and answer guidance's when its scale is 0 or None. What a
+        record of a run (an evaluation's settings, a demo's printout) should say it used."""
+        settings = dict(settings)
+        if not settings.get("pag_scale"):
+            settings.pop("pag_applied_layers", None)
+        if settings.get("guidance_scale") == 1.0:
+            settings.pop("guidance_interval", None)
+        if not settings.get("answer_guidance_scale"):
+            for name in ("answer_guidance_scale", "answer_guidance_min_time", "answer_guidance_smoothing"):
+                settings.pop(name, None)
+        return settings
+
     @property
     def num_timesteps(self) -> int:
         return self._num_timesteps
