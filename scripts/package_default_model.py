@@ -36,9 +36,10 @@ def eval_table(scores: dict) -> dict[str, float]:
     objects = scores.get("objects_per_single_object_image")  # likewise
     if objects is not None:
         table["objects drawn per image for single-object prompts (asked: 1)"] = round(objects, 2)
-    for name, value in scores.get("only_asked", {}).items():  # likewise
-        if name in ("single_object", "overall"):
-            table[f"GenEval-style {name}, nothing drawn but what was asked"] = round(value, 3)
+    only_asked = scores.get("only_asked", {})  # likewise
+    for name in ("single_object", "overall"):
+        if name in only_asked:
+            table[f"GenEval-style {name}, nothing drawn but what was asked"] = round(only_asked[name], 3)
     table["VQA accuracy"] = round(scores["vqa_accuracy"], 3)
     return table
 

@@ -3,7 +3,6 @@ scores (also counting only well-drawn shapes, and the specks per image, which th
 and, as a diagnostic, the generation scores of edits (reference scenes noised to a flow time and denoised).
 `hydra-hf eval shapes` prints what `evaluate_shapes` returns."""
 
-import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -86,7 +85,7 @@ class ShapesEvaluation:
                           f"image with the named shape among them): {self.objects_per_single_object_image:.2f}"]
             if self.only_asked:
                 lines += ["", "With nothing drawn but what was asked (every count exact, no other object): overall "
-                          f"{self.only_asked['overall']:.4f}, single object {self.only_asked.get('single_object', math.nan):.4f}"]
+                          f"{self.only_asked['overall']:.4f}, single object {self.only_asked['single_object']:.4f}"]
         if self.editing:
             lines += ["", "GenEval-style overall of edits (each prompt's reference scene noised to time s, then denoised):",
                       "", "| s | overall |", "|---:|---:|"]
