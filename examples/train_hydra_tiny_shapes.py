@@ -267,16 +267,19 @@ def train_unified(
     work_dir: Path, dataset, start: Path, stage: str, scale: float, generation_ratio: float, cycle: int = 1,
     ema_decay: float | None = None, seed: int = TRAIN_SEED, prompt_contrast_weight: float = 0.0,
     prompt_contrast_min_time: float = 0.6, image_position_scale: float | None = None, caption_ratio: float = 0.0,
+    flow_head_latent_input: bool = False,
 ) -> Path:
     """One unified stage from `start`; cycle 2, 3, ... repeat a stage from the previous cycle's result. With
     `prompt_contrast_weight` > 0, half the generation rows also get a pair: their scene under its caption and under
     the caption with its shape words rotated (`HydraConfig.prompt_contrast_weight`). `image_position_scale` (None:
-    the start's) sets `HydraConfig.image_position_scale`; `caption_ratio` is `HydraCollator.caption_ratio`."""
+    the start's) sets `HydraConfig.image_position_scale`; `caption_ratio` is `HydraCollator.caption_ratio`;
+    `flow_head_latent_input` switches the flow head's zero-initialised skip on (otherwise the start's setting stays)."""
     name = f"unified_{stage}" if cycle == 1 else f"unified_{stage}_cycle{cycle}"
     output = work_dir / name / "final"
     if output.exists():
         return output
-    model = HydraForConditionalGeneration.from_pretrained(start)
+    skip = {"flow_head_latent_input": True} if flow_head_latent_input else {}
+    model = HydraForConditionalGeneration.from_pretrained(start, **skip)
     model.config.prompt_contrast_weight = prompt_contrast_weight
     model.config.prompt_contrast_min_time = prompt_contrast_min_time
     if image_position_scale is not None:
@@ -414,6 +417,12 @@ def main() -> None:
              "chance: twenty-seventh round)",
     )
     parser.add_argument(
+        "--flow_head_latent_input", action="store_true",
+        help="from the first unified stage trained here, the flow head also reads each token's noisy latent (a "
+             "zero-initialised skip around Sem-ViT and the LLM; HydraConfig.flow_head_latent_input); without it the "
+             "start's setting stays",
+    )
+    parser.add_argument(
         "--repa_weight", type=float, default=0.0,
         help="REPA in the unified stages (HydraConfig.repa_weight; 0.5 raised held-out GenEval-style from 0.236 to "
              "0.288 but left about 19 specks per image: sixth to eighth rounds)",
@@ -520,7 +529,7 @@ def main() -> None:
         parser.error(f"--image_position_scale must be >= 0, got {args.image_position_scale}")
     unified = dict(ema_decay=args.ema_decay, seed=args.unified_seed, prompt_contrast_weight=args.prompt_contrast_weight,
                    prompt_contrast_min_time=args.prompt_contrast_min_time, image_position_scale=args.image_position_scale,
-                   caption_ratio=args.caption_ratio)
+                   caption_ratio=args.caption_ratio, flow_head_latent_input=args.flow_head_latent_input)
     if args.start_from is None:
         current = first_stages(parser, args, pretrain_dataset, llm_size)
         current = train_unified(args.work_dir, dataset, current, "I", args.scale, 0.5, **unified)
@@ -544,12 +553,14 @@ def main() -> None:
               "llm_seed": args.llm_seed, "unified_seed": args.unified_seed,
               "prompt_contrast_weight": args.prompt_contrast_weight, "prompt_contrast_min_time": args.prompt_contrast_min_time,
               "image_position_scale": model.config.image_position_scale, "caption_ratio": args.caption_ratio,
+              "flow_head_latent_input": model.config.flow_head_latent_input,
               "relation_word_share": args.relation_word_share, "relation_question_share": args.relation_question_share,
               "one_sided_relation_share": args.one_sided_relation_share}
     if args.start_from is not None:  # the model's shape and first stages are the start's: keep its own recipe
         earlier = args.start_from / "training_recipe.json"
         kept = ("stages", "scale", "scenes", "stage_ii_cycles", "generation_ratio", "ema_decay", "seed", "data_seed",
                 "unified_seed", "prompt_contrast_weight", "prompt_contrast_min_time", "image_position_scale", "caption_ratio",
+                "flow_head_latent_input",
                 "relation_word_share", "relation_question_share", "one_sided_relation_share")
         recipe = {"start_from": str(args.start_from), "start_recipe": json.loads(earlier.read_text()) if earlier.is_file() else None,
                   **{key: recipe[key] for key in kept}}

@@ -377,6 +377,37 @@ def test_malformed_prompt_contrast_pairs_are_clear_errors():
         tiny_config(prompt_contrast_min_time=1.0)
 
 
+def test_flow_head_latent_input_is_a_skip_that_training_and_sampling_feed_alike():
+    model, processor = tiny_hydra(flow_head_latent_input=True), tiny_processor()
+    inputs = processor(text=[processor.build_generation_prompt("a red square", target_image=True)],
+                       images=[Image.new("RGB", (32, 32), (255, 0, 0))])
+    noise, t = torch.randn(1, 8, 4, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([0.6])
+    generate = dict(image_generation_mask=torch.tensor([True]), timesteps=t, noise=noise)
+    with torch.no_grad():
+        zero_skip = model(**inputs, **generate).flow_prediction
+        torch.nn.init.normal_(model.flow_head.latent_proj.weight)
+        trained = model(**inputs, **generate).flow_prediction
+        clean = model.vision_model.normalize_latents(model.model.image_latents(inputs["pixel_values"]))
+        sampled = model.flow_velocity((1 - t) * clean + t * noise, t, **generation_ids(processor, ["a red square"]))
+    assert not torch.allclose(zero_skip, trained, atol=1e-3)  # the head reads z_t once its projection is non-zero
+    assert torch.allclose(sampled.flatten(2).transpose(1, 2), trained, atol=1e-5)  # sampling feeds it the same z_t
+    width = model.config.text_config.hidden_size
+    with pytest.raises(ValueError, match="noisy latents"):
+        model.flow_head(torch.zeros(1, N, width), torch.zeros(1, width))
+    assert "flow_head.latent_proj.weight" not in tiny_hydra().state_dict()  # off by default
+
+
+def test_switching_the_latent_skip_on_for_a_trained_model_changes_no_velocity(tmp_path):
+    tiny_hydra().save_pretrained(tmp_path)
+    without = HydraForConditionalGeneration.from_pretrained(tmp_path)
+    with_skip = HydraForConditionalGeneration.from_pretrained(tmp_path, flow_head_latent_input=True)
+    assert with_skip.config.flow_head_latent_input and not with_skip.flow_head.latent_proj.weight.any()
+    prompts = generation_ids(tiny_processor(), ["a red square"])
+    latents = torch.randn(1, 8, 4, 4, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(with_skip.flow_velocity(latents, 0.5, **prompts), without.flow_velocity(latents, 0.5, **prompts))
+
+
 def test_eager_and_sdpa_agree(tmp_path):
     tiny_hydra().save_pretrained(tmp_path)
     eager = HydraForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="eager").eval()

@@ -86,6 +86,8 @@ class HydraConfig(PreTrainedConfig):
         time_embedding_dim (`int`): sinusoidal features of t before the time-embedding MLP (to LLM width).
         flow_head_hidden_size, flow_head_num_layers (`int`): the flow head, residual MLP blocks with adaLN driven by
             the time embedding, ending in a projection to `vision_config.latent_channels`.
+        flow_head_latent_input (`bool`): the flow head also reads each token's noisy latent `z_t` (a skip around
+            Sem-ViT and the LLM, as MAR's diffusion head reads its noisy input; not in the paper, off by default).
         cfg_dropout_prob (`float`): probability that a generation example's prompt is replaced by the empty
             prompt in training, so classifier-free guidance has an unconditional model to contrast with.
         timestep_logit_mean, timestep_logit_std, timestep_uniform_fraction (`float`): training times are
@@ -123,6 +125,7 @@ class HydraConfig(PreTrainedConfig):
     time_embedding_dim: int = 256
     flow_head_hidden_size: int | None = None
     flow_head_num_layers: int = 2
+    flow_head_latent_input: bool = False
     cfg_dropout_prob: float = 0.1
     timestep_logit_mean: float = 0.0
     timestep_logit_std: float = 1.0

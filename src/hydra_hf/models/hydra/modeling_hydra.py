@@ -42,12 +42,15 @@ class HydraModelOutputWithPast(BaseModelOutputWithPast):
     generation_token_mask (`[B, L]` bool): positions of the image tokens of the images being generated.
     flow_time_embeds (`[I_gen, D]`): their time embeddings (the flow head's adaLN condition).
     flow_target (`[I_gen, N, C]`): the velocity `eps - z` the flow head should predict there.
+    flow_noisy_latents (`[I_gen, N, C]`): their normalised noisy latents `z_t` (the flow head reads them when
+        `config.flow_head_latent_input`).
     repa_target (`[I_gen, N, D_vision]`): the clean images' Sem-ViT features, when `config.repa_weight > 0`.
     """
 
     generation_token_mask: torch.Tensor | None = None
     flow_time_embeds: torch.Tensor | None = None
     flow_target: torch.Tensor | None = None
+    flow_noisy_latents: torch.Tensor | None = None
     repa_target: torch.Tensor | None = None
 
 
@@ -142,21 +145,35 @@ class HydraFlowHeadBlock(nn.Module):
 
 
 class HydraFlowHead(nn.Module):
-    """`v = FlowHead(AdaLN(h_llm, t_emb))`: LLM hidden states at image positions -> latent velocity (C channels)."""
+    """`v = FlowHead(AdaLN(h_llm, t_emb))`: LLM hidden states at image positions -> latent velocity (C channels).
+
+    With `config.flow_head_latent_input` the head also reads each token's noisy latent `z_t`: the velocity
+    `eps - z = (z_t - z) / t` carries `z_t` exactly, which otherwise has to survive Sem-ViT (trained on clean latents)
+    and the LLM. Its projection starts at zero, so switching it on for a trained model changes nothing until it trains.
+    """
 
     def __init__(self, config: HydraConfig):
         super().__init__()
         text_width, width = config.text_config.hidden_size, config.flow_head_hidden_size
         self.input_proj = nn.Linear(text_width, width)
+        latent_channels = config.vision_config.latent_channels
+        self.latent_proj = ZeroInitLinear(latent_channels, width) if config.flow_head_latent_input else None
         self.blocks = nn.ModuleList(HydraFlowHeadBlock(width, text_width) for _ in range(config.flow_head_num_layers))
         self.final_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.final_modulation = ZeroInitLinear(text_width, 2 * width)
         self.output_proj = nn.Linear(width, config.vision_config.latent_channels)
 
-    def forward(self, hidden_states: torch.Tensor, time_embeds: torch.Tensor) -> torch.Tensor:
-        """`hidden_states [I, N, D_llm]`, `time_embeds [I, D_llm]` -> velocity `[I, N, C]`."""
+    def forward(
+        self, hidden_states: torch.Tensor, time_embeds: torch.Tensor, noisy_latents: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`hidden_states [I, N, D_llm]`, `time_embeds [I, D_llm]` and, for a head with the skip, the normalised
+        `noisy_latents [I, N, C]` -> velocity `[I, N, C]`."""
         condition = time_embeds[:, None, :]
         hidden_states = self.input_proj(hidden_states)
+        if self.latent_proj is not None:
+            if noisy_latents is None:
+                raise ValueError("This flow head also reads the noisy latents (config.flow_head_latent_input): pass them")
+            hidden_states = hidden_states + self.latent_proj(noisy_latents.to(hidden_states.dtype))
         for block in self.blocks:
             hidden_states = block(hidden_states, condition)
         shift, scale = self.final_modulation(F.silu(condition)).chunk(2, dim=-1)
@@ -266,8 +283,8 @@ class HydraModel(HydraPreTrainedModel):
         noise: torch.Tensor | None,
         prompt_contrast_pairs: torch.Tensor | None = None,
     ):
-        """Visual tokens of every image plus, for the images being generated, time embeddings, flow targets and
-        (with REPA on) the clean images' Sem-ViT features. The two images of a prompt-contrast pair share the first's
+        """Visual tokens of every image plus, for the images being generated, time embeddings, flow targets, their
+        noisy latents as tokens and (with REPA on) the clean images' Sem-ViT features. The two images of a prompt-contrast pair share the first's
         noise and time (sampled uniform in [`prompt_contrast_min_time`, 1] unless `timesteps` are given)."""
         if image_latents is None:
             image_latents = self.image_latents(pixel_values)
@@ -278,7 +295,7 @@ class HydraModel(HydraPreTrainedModel):
             raise ValueError(f"image_generation_mask must have shape [{num_images}] (one flag per image), got {tuple(image_generation_mask.shape)}")
         num_generated = int(image_generation_mask.sum())
         if num_generated == 0:
-            return self.visual_tokens(image_latents), None, None, None
+            return self.visual_tokens(image_latents), None, None, None, None
 
         vision = self.vision_model
         clean = vision.normalize_latents(image_latents[image_generation_mask].detach())
@@ -318,7 +335,7 @@ class HydraModel(HydraPreTrainedModel):
         if self.config.repa_weight > 0:
             with torch.no_grad():
                 repa_target = vision.semantic_features_from_latents(image_latents[image_generation_mask])
-        return tokens, time_embeds, flow_target, repa_target
+        return tokens, time_embeds, flow_target, grid_to_tokens(noisy), repa_target
 
     def block_causal_mask(
         self,
@@ -374,12 +391,12 @@ class HydraModel(HydraPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
         has_images = pixel_values is not None or image_latents is not None
-        time_embeds = flow_target = repa_target = generation_token_mask = None
+        time_embeds = flow_target = noisy_latents = repa_target = generation_token_mask = None
 
         if has_images:
             if input_ids is None:
                 raise ValueError("input_ids are needed to place images (their image tokens mark where)")
-            visual, time_embeds, flow_target, repa_target = self._prepare_images(
+            visual, time_embeds, flow_target, noisy_latents, repa_target = self._prepare_images(
                 pixel_values, image_latents, image_generation_mask, timesteps, noise, prompt_contrast_pairs
             )
             image_token_mask = self.get_placeholder_mask(input_ids, visual.shape[0], visual.shape[1])
@@ -416,6 +433,7 @@ class HydraModel(HydraPreTrainedModel):
             generation_token_mask=generation_token_mask,
             flow_time_embeds=time_embeds,
             flow_target=flow_target,
+            flow_noisy_latents=noisy_latents,
             repa_target=repa_target,
         )
 
@@ -512,7 +530,7 @@ class HydraForConditionalGeneration(HydraPreTrainedModel, GenerationMixin):
                 loss_ntp = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs)
         if outputs.flow_target is not None:
             generated = hidden_states[outputs.generation_token_mask].view(*outputs.flow_target.shape[:2], -1)
-            flow_prediction = self.flow_head(generated, outputs.flow_time_embeds)
+            flow_prediction = self.flow_head(generated, outputs.flow_time_embeds, outputs.flow_noisy_latents)
             errors = (flow_prediction.float() - outputs.flow_target.float()).square().mean(dim=(1, 2))
             plain = torch.ones_like(errors, dtype=torch.bool)
             if prompt_contrast_pairs is not None and len(prompt_contrast_pairs):
@@ -624,5 +642,5 @@ class HydraForConditionalGeneration(HydraPreTrainedModel, GenerationMixin):
             ).last_hidden_state[:, -num_tokens:]
         if cache is not None:
             cache.crop(-(cache.get_seq_length() - prompt_length))
-        velocity = self.flow_head(hidden, time_embeds)
+        velocity = self.flow_head(hidden, time_embeds, grid_to_tokens(latents))
         return tokens_to_grid(velocity, (height, width))
