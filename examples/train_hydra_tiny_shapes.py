@@ -83,10 +83,11 @@ STAGES = {
     "unified_III": (600, 32, 1e-4),
 }
 GRID = 4  # the semantic ViT learns where each colour and shape lies on a GRID x GRID layout
-# The final model's own text-to-image defaults (its generation config's `text_to_image`, read by HydraPipeline):
-# perturbed-attention guidance at the LLM's first layer, no CFG. On the 480 development prompts it beat PAG at layer
-# 1 for five of six plain draws of this recipe (docs/experiments.md, nineteenth round).
-SAMPLING = dict(guidance_scale=1.0, pag_scale=3.0, pag_applied_layers=[0])
+# The final model's own text-to-image defaults (its generation config's `text_to_image`, read by HydraPipeline), the
+# shipped model's: perturbed-attention guidance at the LLM's first layer, no CFG (on the 480 development prompts it beat
+# PAG at layer 1 for five of six plain draws of this recipe: nineteenth round), and answer guidance at 0.03 with the
+# pipeline's default times and smoothing (held-out +0.036, thirty-second round; it needs `guidance_questions`).
+SAMPLING = dict(guidance_scale=1.0, pag_scale=3.0, pag_applied_layers=[0], answer_guidance_scale=0.03)
 # The flags that a model trained further with --start_from already has fixed (its architecture and first stages).
 START_FIXES = ("num_pretrain_scenes", "repa_weight", "timestep_logit_mean", "timestep_logit_std", "llm_hidden_size",
                "llm_num_layers", "latent_channels", "patch_size", "flow_head_hidden_size", "llm_seed")
