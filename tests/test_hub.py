@@ -559,3 +559,8 @@ def test_staged_folder_appears_whole_or_not_at_all(tmp_path, monkeypatch):
     assert [path.name for path in target.iterdir()] == ["b.txt"]
     assert deletions[-1] == ("model.replaced", ["b.txt"])  # the old model went only once the new one was in place
     assert all(held is not None for _, held in deletions) and not (tmp_path / "model.replaced").exists()
+    target.rename(tmp_path / "model.replaced")  # as a crash between the two renames of a replace leaves it
+    with pytest.raises(ValueError, match="exists"):  # the old model is back in place, so this is no new folder
+        with staged_folder(target):
+            pass
+    assert [path.name for path in target.iterdir()] == ["b.txt"] and not (tmp_path / "model.replaced").exists()

@@ -314,8 +314,12 @@ def staged_folder(target: str | os.PathLike, replace: bool = False) -> Iterator[
     """Yield an empty sibling `<target>.partial` to write a model folder into; when the block ends without an error it
     becomes `target`, replacing an existing one only if `replace`. A reader never finds a half-written folder, and a
     failure leaves `target` as it was (and the partial folder, to look at). A replaced folder is moved aside to
-    `<target>.replaced` and deleted only once the new one is in place, so no moment holds neither whole."""
+    `<target>.replaced` and deleted only once the new one is in place, so no moment holds neither whole; one found
+    there without `target` (a crash between the two renames) is put back first."""
     target = Path(target)
+    replaced = target.with_name(target.name + ".replaced")
+    if replaced.exists() and not target.exists():
+        replaced.rename(target)
     if target.exists() and not replace:
         raise ValueError(f"{target} exists; pass a new folder")
     staging = target.with_name(target.name + ".partial")
@@ -325,7 +329,6 @@ def staged_folder(target: str | os.PathLike, replace: bool = False) -> Iterator[
     if not target.exists():
         staging.rename(target)
         return
-    replaced = target.with_name(target.name + ".replaced")
     shutil.rmtree(replaced, ignore_errors=True)
     target.rename(replaced)
     staging.rename(target)
