@@ -421,7 +421,8 @@ def main() -> None:
         "--flow_head_latent_input", action="store_true",
         help="from the first unified stage trained here, the flow head also reads each token's noisy latent (a "
              "zero-initialised skip around Sem-ViT and the LLM; HydraConfig.flow_head_latent_input); without it the "
-             "start's setting stays",
+             "start's setting stays (one further cycle of the shipped model: development GenEval-style +0.017 +- "
+             "0.027 over its control, flow loss the same: thirty-fourth round)",
     )
     parser.add_argument(
         "--repa_weight", type=float, default=0.0,
