@@ -161,7 +161,7 @@ class HydraFlowHead(nn.Module):
         self.blocks = nn.ModuleList(HydraFlowHeadBlock(width, text_width) for _ in range(config.flow_head_num_layers))
         self.final_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.final_modulation = ZeroInitLinear(text_width, 2 * width)
-        self.output_proj = nn.Linear(width, config.vision_config.latent_channels)
+        self.output_proj = nn.Linear(width, latent_channels)
 
     def forward(
         self, hidden_states: torch.Tensor, time_embeds: torch.Tensor, noisy_latents: torch.Tensor | None = None
@@ -284,8 +284,9 @@ class HydraModel(HydraPreTrainedModel):
         prompt_contrast_pairs: torch.Tensor | None = None,
     ):
         """Visual tokens of every image plus, for the images being generated, time embeddings, flow targets, their
-        noisy latents as tokens and (with REPA on) the clean images' Sem-ViT features. The two images of a prompt-contrast pair share the first's
-        noise and time (sampled uniform in [`prompt_contrast_min_time`, 1] unless `timesteps` are given)."""
+        noisy latents as tokens and (with REPA on) the clean images' Sem-ViT features. The two images of a
+        prompt-contrast pair share the first's noise and time (sampled uniform in [`prompt_contrast_min_time`, 1]
+        unless `timesteps` are given)."""
         if image_latents is None:
             image_latents = self.image_latents(pixel_values)
         num_images = image_latents.shape[0]
