@@ -106,6 +106,30 @@ def test_compare_pairs_two_evaluations_of_the_same_prompts(model_dir, tmp_path, 
         with pytest.raises(SystemExit, match=message):
             cli.main(["eval", "compare", str(first), str(second)])
 
+def test_compare_sizes_a_test_of_its_design_for_the_effects_asked(tmp_path, capsys):
+    from hydra_hf.data.shapes import GENERATION_CATEGORIES
+    from hydra_hf.evaluation.shapes import paired_differences, prompts_for_power
+
+    rng = np.random.default_rng(0)
+    results = [{"num_scenes": 60, "seed": 5, "generation_outcomes": {
+        category: (rng.random(10) < 0.5).tolist() for category in GENERATION_CATEGORIES}} for _ in range(2)]
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, result in zip(paths, results):
+        path.write_text(json.dumps(result))
+    error = paired_differences(*(result["generation_outcomes"] for result in results))["overall"][1]
+    cli.main(["eval", "compare", *map(str, paths), "--size-for", "0.03", "0.1", "--power", "0.9"])
+    printed = capsys.readouterr().out
+    for effect in (0.03, 0.1):
+        needed = prompts_for_power(error, 60, effect, 0.9)
+        assert (f"difference of +{effect:.3f} above two standard errors with probability 0.9, a test of this design "
+                f"needs about {needed} prompts (this one had 60)") in printed
+    assert prompts_for_power(error, 60, 0.03, 0.9) > 9 * prompts_for_power(error, 60, 0.1, 0.9)
+    cli.main(["eval", "compare", *map(str, paths)])
+    assert "a test of this design needs" not in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="power in"):
+        cli.main(["eval", "compare", *map(str, paths), "--size-for", "0.03", "--power", "0.2"])
+
+
 def test_guidance_flags_reach_the_pipeline_and_the_eval_records_what_it_used(model_dir, tmp_path, monkeypatch):
     arguments = ["generate", "a red circle", "--model", str(model_dir), "--steps", "2", "--output", str(tmp_path / "a.png")]
     calls, pipeline_call = [], HydraPipeline.__call__

@@ -29,6 +29,7 @@ from hydra_hf.evaluation import (
     generation_outcomes,
     overall_standard_error,
     paired_differences,
+    prompts_for_power,
     psnr,
     score_generation,
     scores_from_outcomes,
@@ -188,6 +189,32 @@ def test_paired_difference_error_matches_the_spread_of_the_difference_over_promp
     assert scores_from_outcomes(same)["overall"] == pytest.approx(np.mean([np.mean(v) for v in same.values()]))
     with pytest.raises(ValueError, match="same prompts"):
         paired_differences(same, {**same, "counting": same["counting"][:-1]})
+
+def test_a_test_sized_by_prompts_for_power_shows_the_effect_as_often_as_asked():
+    """Two models whose outcomes differ by 0.05 in every category: a pilot of 240 prompts gives the paired error, and
+    tests of the size `prompts_for_power` returns clear two standard errors about as often as the power asked."""
+    rates = np.array([0.7, 0.45, 0.1, 0.7, 0.15, 0.2])
+    rng = np.random.default_rng(0)
+
+    def paired_test(per_category):
+        first = rng.random((len(rates), per_category)) < rates[:, None] + 0.05
+        second = rng.random((len(rates), per_category)) < rates[:, None]
+        as_outcomes = lambda drawn: dict(zip(GENERATION_CATEGORIES, drawn.tolist()))  # noqa: E731
+        return paired_differences(as_outcomes(first), as_outcomes(second))["overall"]
+
+    pilot_error = np.mean([paired_test(40)[1] for _ in range(50)])
+    for power in (0.5, 0.8):
+        needed = prompts_for_power(pilot_error, 240, 0.05, power)
+        tests = [paired_test(math.ceil(needed / len(rates))) for _ in range(500)]
+        shown = np.mean([difference > 2 * error for difference, error in tests])
+        assert abs(shown - power) < 0.07, (power, needed, shown)
+    # the thirty-fourth round's sizing: 250 prompts x 2 images had 0.0212; +0.03 needs about 500 for an even chance
+    assert prompts_for_power(0.0212, 250, 0.03, power=0.5) == 500
+    assert 1000 <= prompts_for_power(0.0212, 250, 0.03) <= 1010
+    for arguments, message in (((0.02, 250, 0.0), "positive"), ((0.02, 250, 0.03, 0.3), "power in")):
+        with pytest.raises(ValueError, match=message):
+            prompts_for_power(*arguments)
+
 
 def test_a_ragged_blob_counts_as_its_best_fitting_shape_only_until_fit_is_required():
     image = Image.new("RGB", (64, 64), (255, 255, 255))

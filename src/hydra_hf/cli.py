@@ -155,7 +155,7 @@ def _read_evaluation(path: str) -> dict:
 
 
 def compare(args) -> None:
-    from .evaluation.shapes import paired_score_rows
+    from .evaluation.shapes import paired_differences, paired_score_rows, prompts_for_power
 
     first, second = _read_evaluation(args.first), _read_evaluation(args.second)
     prompts = [(result["num_scenes"], result["seed"]) for result in (first, second)]
@@ -176,6 +176,17 @@ def compare(args) -> None:
         rows = paired_score_rows(first[key], second[key], categories=key != "well_drawn_outcomes")
         for row, (a, b, difference, error) in rows.items():
             print(f"| {label} {row.replace('_', ' ')} | {a:.4f} | {b:.4f} | {difference:+.4f} +- {error:.4f} |")
+    if args.size_for is not None:
+        error = paired_differences(first["generation_outcomes"], second["generation_outcomes"])["overall"][1]
+        num_prompts = prompts[0][0]
+        for effect in args.size_for:
+            try:
+                needed = prompts_for_power(error, num_prompts, effect, args.power)
+            except ValueError as problem:
+                raise SystemExit(f"--size-for/--power: {problem}") from problem
+            print(f"To show a true GenEval-style overall difference of {effect:+.3f} above two standard errors with "
+                  f"probability {args.power:g}, a test of this design needs about {needed} prompts (this one had "
+                  f"{num_prompts}).")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -248,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                "`eval shapes --json` results on the same prompts")
     paired.add_argument("first", help="scores JSON of model A")
     paired.add_argument("second", help="scores JSON of model B, from the same --num-scenes and --seed")
+    paired.add_argument("--size-for", type=float, nargs="+", metavar="EFFECT",
+                        help="also print how many prompts a test of this design (same images per prompt, similar "
+                             "models) needs to show each true overall difference EFFECT above two standard errors; "
+                             "size a decision's test with this before it runs")
+    paired.add_argument("--power", type=float, default=0.8,
+                        help="for --size-for: the chance the test should have of showing the effect (default 0.8)")
     paired.set_defaults(func=compare)
     return parser
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ __all__ = [
     "overall_standard_error",
     "paired_differences",
     "paired_score_rows",
+    "prompts_for_power",
     "psnr",
     "score_generation",
     "scores_from_outcomes",
@@ -333,6 +335,23 @@ def paired_differences(
     means, errors = zip(*result.values())
     result["overall"] = (float(np.mean(means)), math.sqrt(sum(error**2 for error in errors)) / len(errors))
     return result
+
+
+def prompts_for_power(
+    standard_error: float, num_prompts: int, effect: float, power: float = 0.8, bar: float = 2.0
+) -> int:
+    """How many prompts a paired test of the same design (images per prompt, models alike) needs for a true overall
+    difference of `effect` to come out above `bar` standard errors with probability `power`, given a run of
+    `num_prompts` prompts whose paired overall had `standard_error` (the error falls as one over the square root of the
+    prompts). Sizing a test before it runs, instead of by habit, keeps it from stopping at its bar (docs/experiments.md,
+    thirty-third and thirty-fourth rounds)."""
+    if standard_error <= 0 or num_prompts < 1 or effect <= 0:
+        raise ValueError(f"expected a positive standard error, prompt count and effect; got {standard_error}, "
+                         f"{num_prompts} and {effect}")
+    if not 0.5 <= power < 1:
+        raise ValueError(f"expected a power in [0.5, 1) (the chance the test shows the effect), got {power}")
+    needed_error = effect / (bar + NormalDist().inv_cdf(power))
+    return math.ceil(num_prompts * (standard_error / needed_error) ** 2)
 
 
 def paired_score_rows(
