@@ -57,6 +57,13 @@ RECIPE_FLAG_NAMES = {"scenes": "num_scenes", "pretrain_scenes": "num_pretrain_sc
 RECIPE_NOT_FLAGS = ("stages", "seed", "llm")  # the step table, the fixed training seed, the LLM's size (two flags)
 
 
+def _flag(name: str, value) -> str:
+    """One flag of the training script as its recipe records it: a switch (`store_true`) bare, a list spread out."""
+    if value is True:
+        return f"--{name}"
+    return f"--{name} {' '.join(map(str, value)) if isinstance(value, list) else value}"
+
+
 def recipe_command(recipe: dict, work_dir: str = "DIR") -> str:
     """The commands that rebuild the model of `recipe` into `work_dir`, each with every flag its training_recipe.json
     records (older recipes record fewer; a flag they lack took the script's default of that time). A recipe continued
@@ -85,8 +92,7 @@ def recipe_command(recipe: dict, work_dir: str = "DIR") -> str:
             else:
                 llm = step.get("llm", {})
                 flags.update(llm_hidden_size=llm.get("hidden_size"), llm_num_layers=llm.get("num_hidden_layers"))
-            given = " ".join(f"--{name} {' '.join(map(str, value)) if isinstance(value, list) else value}"
-                             for name, value in flags.items() if value is not None)
+            given = " ".join(_flag(name, value) for name, value in flags.items() if value not in (None, False))
             into = work_dir if final else f"{work_dir}_{len(commands) + 1}"
             commands.append(f"python examples/train_hydra_tiny_shapes.py --work_dir {into} {given}")
         trained[signature] = into

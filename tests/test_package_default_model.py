@@ -26,6 +26,11 @@ def test_recipe_command_names_only_flags_the_training_script_has():
     assert "--timestep_logit_std 1.6" in command
     assert "--llm_hidden_size 128 --llm_num_layers 4" in command and "--stages" not in command and "--seed " not in command
     assert set(re.findall(r"--(\w+)", command)) <= training_script_flags()
+    # a switch (store_true) is written bare when on and left out when off: "--flow_head_latent_input False" would
+    # be an argparse error in the card's command
+    assert "--flow_head_latent_input" not in packager.recipe_command({**recipe, "flow_head_latent_input": False})
+    switched_on = packager.recipe_command({**recipe, "flow_head_latent_input": True}).split()
+    assert "--flow_head_latent_input" in switched_on and "True" not in switched_on
 
 
 def training_script_flags() -> set[str]:
