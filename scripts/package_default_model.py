@@ -92,7 +92,8 @@ def recipe_command(recipe: dict, work_dir: str = "DIR") -> str:
             else:
                 llm = step.get("llm", {})
                 flags.update(llm_hidden_size=llm.get("hidden_size"), llm_num_layers=llm.get("num_hidden_layers"))
-            given = " ".join(_flag(name, value) for name, value in flags.items() if value not in (None, False))
+            given = " ".join(_flag(name, value) for name, value in flags.items()
+                             if value is not None and value is not False)  # `not in (None, False)` drops zeros
             into = work_dir if final else f"{work_dir}_{len(commands) + 1}"
             commands.append(f"python examples/train_hydra_tiny_shapes.py --work_dir {into} {given}")
         trained[signature] = into

@@ -31,6 +31,8 @@ def test_recipe_command_names_only_flags_the_training_script_has():
     assert "--flow_head_latent_input" not in packager.recipe_command({**recipe, "flow_head_latent_input": False})
     switched_on = packager.recipe_command({**recipe, "flow_head_latent_input": True}).split()
     assert "--flow_head_latent_input" in switched_on and "True" not in switched_on
+    zeros = packager.recipe_command({**recipe, "unified_seed": 0, "repa_weight": 0.0})
+    assert "--unified_seed 0 " in zeros and "--repa_weight 0.0 " in zeros  # zeros are values, not switches
 
 
 def training_script_flags() -> set[str]:
