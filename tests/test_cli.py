@@ -128,6 +128,7 @@ def test_compare_sizes_a_test_of_its_design_for_the_effects_asked(tmp_path, caps
     assert "a test of this design needs" not in capsys.readouterr().out
     with pytest.raises(SystemExit, match="power in"):
         cli.main(["eval", "compare", *map(str, paths), "--size-for", "0.03", "--power", "0.2"])
+    assert capsys.readouterr().out == ""  # refused before the table
 
 
 def test_guidance_flags_reach_the_pipeline_and_the_eval_records_what_it_used(model_dir, tmp_path, monkeypatch):

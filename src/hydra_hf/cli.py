@@ -162,6 +162,14 @@ def compare(args) -> None:
     if prompts[0] != prompts[1]:
         raise SystemExit(f"a paired comparison needs the same prompts and noise seeds; got (num_scenes, seed) "
                          f"{prompts[0]} and {prompts[1]}")
+    sizes = []
+    if args.size_for:  # sized before any output, so that a bad --power is refused with nothing printed
+        overall_error = paired_differences(first["generation_outcomes"], second["generation_outcomes"])["overall"][1]
+        try:
+            sizes = [(effect, prompts_for_power(overall_error, prompts[0][0], effect, args.power))
+                     for effect in args.size_for]
+        except ValueError as problem:
+            raise SystemExit(f"--size-for/--power: {problem}") from problem
     images = [result.get("images_per_prompt", 1) for result in (first, second)]
     drawn = ("each image" if images == [1, 1]
              else f"{images[0]} and {images[1]} images per prompt, the j-th of each prompt")
@@ -176,17 +184,10 @@ def compare(args) -> None:
         rows = paired_score_rows(first[key], second[key], categories=key != "well_drawn_outcomes")
         for row, (a, b, difference, error) in rows.items():
             print(f"| {label} {row.replace('_', ' ')} | {a:.4f} | {b:.4f} | {difference:+.4f} +- {error:.4f} |")
-    if args.size_for is not None:
-        error = paired_differences(first["generation_outcomes"], second["generation_outcomes"])["overall"][1]
-        num_prompts = prompts[0][0]
-        for effect in args.size_for:
-            try:
-                needed = prompts_for_power(error, num_prompts, effect, args.power)
-            except ValueError as problem:
-                raise SystemExit(f"--size-for/--power: {problem}") from problem
-            print(f"To show a true GenEval-style overall difference of {effect:+.3f} above two standard errors with "
-                  f"probability {args.power:g}, a test of this design needs about {needed} prompts (this one had "
-                  f"{num_prompts}).")
+    for effect, needed in sizes:
+        print(f"To show a true GenEval-style overall difference of {effect:+.3f} above two standard errors with "
+              f"probability {args.power:g}, a test of this design needs about {needed} prompts (this one had "
+              f"{prompts[0][0]}).")
 
 
 def build_parser() -> argparse.ArgumentParser:
