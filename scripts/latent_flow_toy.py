@@ -1,0 +1,279 @@
+"""Can a small flow transformer draw the named shape in HYDRA-TOK's latent space, and does it matter how the label
+enters? A diagnostic for docs/experiments.md (thirty-sixth round), apart from the unified model.
+
+    python scripts/latent_flow_toy.py --out outputs/toy [--arms adaln token] [--steps 3000] [--baseline]
+
+Every HYDRA model so far draws a blob in the right colour whatever shape word it is given (docs/experiments.md,
+fifteenth and twenty-fifth rounds: the shape word barely moves the drawing, and the velocity ignores it mid-flow even
+when the model trains on one-object scenes only). This isolates that path. On one-object scenes ("a blue circle": 6
+colours x 3 shapes, 18 labels) encoded by a HYDRA checkpoint's HYDRA-TOK into the normalised latents the unified model
+generates, it trains a DiT-style flow transformer of the unified model's LLM size (192 wide, 4 layers, 64 latent
+tokens with 2-D sin-cos positions, diffusers' `BasicTransformerBlock` with adaLN-zero) by the same flow matching
+(`hydra_hf.flow_matching`, logit-normal times, 10% label dropout), one arm per way the label can enter:
+
+- `adaln`: the label's embedding joins the time embedding in every block's adaLN (DiT's class conditioning);
+- `token`: the label is one extra token that the image tokens attend to, and adaLN sees the time only (the way the
+  prompt reaches HYDRA's image tokens: through attention in the LLM).
+
+Each arm then draws every label from the same noises (Euler, FlowMatchEulerDiscreteScheduler, 30 steps, without and
+with classifier-free guidance), decodes with the checkpoint's pixel decoder and scores: the share of images whose
+detections hold an object of the asked shape and colour (GenEval's "colors" rule, `spec_satisfied`), the same with
+nothing else drawn, the share whose largest detection has the asked shape, and the drawn-pixel overlap (IoU) of the
+three shape words drawn from one noise in one colour (a model that draws shapes gives well below 1). `--baseline`
+scores the checkpoint itself on the same prompts under its evaluation settings (answer guidance 0.03).
+
+If an arm draws the shapes, the latent space and that conditioning path can carry shape at this size and budget.
+"""
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers.models.attention import BasicTransformerBlock
+from diffusers.models.embeddings import get_2d_sincos_pos_embed
+from PIL import Image
+from safetensors.torch import save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from hydra_hf import HydraPipeline, flow_matching
+from hydra_hf.data import PALETTE, SHAPES
+from hydra_hf.data.shapes import (
+    ObjectRequirement,
+    PromptSpec,
+    binding_questions,
+    example_rng,
+    render_scene,
+    sample_scene,
+)
+from hydra_hf.evaluation.shapes import detect_objects, drawn_mask, spec_satisfied
+
+LABELS = [(color, shape) for color in PALETTE for shape in SHAPES]  # label = colour index * 3 + shape index
+ARMS = ("adaln", "token")
+
+
+class ToyFlowTransformer(nn.Module):
+    """Velocity of normalised latents `[B, C, h, w]` at flow time t given a label (`len(LABELS)` = no label)."""
+
+    def __init__(self, channels: int, grid: int, width: int, layers: int, heads: int, conditioning: str):
+        super().__init__()
+        if conditioning not in ARMS:
+            raise ValueError(f"conditioning must be one of {ARMS}, got {conditioning!r}")
+        self.conditioning, self.null_label = conditioning, len(LABELS)
+        self.patch = nn.Linear(channels, width)
+        positions = get_2d_sincos_pos_embed(width, grid, output_type="pt")
+        self.register_buffer("positions", positions.float()[None], persistent=False)
+        # `num_embeds_ada_norm` gives each block diffusers' time + label embedding; the `token` arm feeds it the null
+        # label always, so there its adaLN carries the time alone and the label travels as a token
+        self.blocks = nn.ModuleList(
+            BasicTransformerBlock(width, heads, width // heads, num_embeds_ada_norm=len(LABELS),
+                                  norm_type="ada_norm_zero", activation_fn="gelu-approximate")
+            for _ in range(layers)
+        )
+        self.label_token = nn.Embedding(len(LABELS) + 1, width)
+        self.norm_out = nn.LayerNorm(width)
+        self.proj_out = nn.Linear(width, channels)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def forward(self, latents: torch.Tensor, times: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = latents.shape
+        tokens = self.patch(latents.flatten(2).transpose(1, 2)) + self.positions
+        block_labels = labels
+        if self.conditioning == "token":
+            tokens = torch.cat([self.label_token(labels)[:, None], tokens], dim=1)
+            block_labels = torch.full_like(labels, self.null_label)
+        for block in self.blocks:
+            tokens = block(tokens, timestep=times * 1000, class_labels=block_labels)
+        velocity = self.proj_out(self.norm_out(tokens[:, -height * width :]))
+        return velocity.transpose(1, 2).reshape(batch, channels, height, width)
+
+
+def one_object_scenes(num_scenes: int, seed: int):
+    """(images, labels) of `colors`-category scenes: one object, any palette colour, shape, size and place."""
+    scenes = [sample_scene(example_rng(seed, index), "colors") for index in range(num_scenes)]
+    labels = [LABELS.index((scene.objects[0].color, scene.objects[0].shape)) for scene in scenes]
+    return [render_scene(scene) for scene in scenes], torch.tensor(labels)
+
+
+@torch.no_grad()
+def encode(pipe: HydraPipeline, images: list, batch_size: int = 250) -> torch.Tensor:
+    """Normalised GSB means, the latents the unified model generates."""
+    model, latents = pipe.model, []
+    for start in tqdm(range(0, len(images), batch_size), desc="encoding", leave=False):
+        pixels = pipe.processor.image_processor(images[start : start + batch_size], return_tensors="pt")["pixel_values"]
+        latents.append(model.vision_model.normalize_latents(model.model.image_latents(pixels)))
+    return torch.cat(latents)
+
+
+def train(model: ToyFlowTransformer, latents: torch.Tensor, labels: torch.Tensor, args) -> list[float]:
+    """Flow matching as the unified model trains (`hydra_hf.flow_matching`), with `args.label_dropout` null labels."""
+    generator = torch.Generator().manual_seed(args.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / 100) * 0.5 * (1 + np.cos(np.pi * step / args.steps))
+    )
+    losses = []
+    model.train()
+    for step in tqdm(range(args.steps), desc=f"training {model.conditioning}"):
+        rows = torch.randint(len(latents), (args.batch_size,), generator=generator)
+        clean, label = latents[rows], labels[rows].clone()
+        label[torch.rand(args.batch_size, generator=generator) < args.label_dropout] = model.null_label
+        noise = torch.randn(clean.shape, generator=generator)
+        times = flow_matching.sample_timesteps(args.batch_size, generator=generator)
+        velocity = model(flow_matching.interpolate(clean, noise, times), times, label)
+        loss = (velocity - flow_matching.velocity_target(clean, noise)).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def sample(model: ToyFlowTransformer, noise: torch.Tensor, labels: torch.Tensor, guidance: float, steps: int):
+    """Euler sampling from t = 1 with classifier-free guidance against the null label when `guidance` > 1."""
+    scheduler = FlowMatchEulerDiscreteScheduler()
+    scheduler.set_timesteps(sigmas=flow_matching.sampling_timesteps(steps)[:-1].tolist())
+    latents = noise.clone()
+    null = torch.full_like(labels, model.null_label)
+    for t in scheduler.timesteps:
+        times = torch.full((len(labels),), float(t) / scheduler.config.num_train_timesteps)
+        velocity = model(latents, times, labels)
+        if guidance > 1:
+            velocity = model(latents, times, null) + guidance * (velocity - model(latents, times, null))
+        latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
+    return latents
+
+
+@torch.no_grad()
+def decode(pipe: HydraPipeline, latents: torch.Tensor, seed: int, batch_size: int = 180) -> list:
+    vision, images = pipe.model.vision_model, []
+    for start in range(0, len(latents), batch_size):
+        generator = torch.Generator().manual_seed(seed + start)
+        pixels = vision.decode(vision.denormalize_latents(latents[start : start + batch_size]), generator=generator)
+        images += pipe.processor.postprocess(pixels.sample, output_type="pil")
+    return images
+
+
+def evaluation_prompts(num_noises: int) -> list[tuple[int, str, str]]:
+    """(noise index, colour, shape) for every label and noise, each noise shared by all 18 labels."""
+    return [(noise, color, shape) for noise in range(num_noises) for color, shape in LABELS]
+
+
+def scores(images: list, prompts: list[tuple[int, str, str]]) -> dict:
+    """The shares described in the module docstring, and the shape-word IoU."""
+    right = only = largest_shape = 0
+    masks = {}
+    for image, (noise, color, shape) in zip(images, prompts):
+        spec = PromptSpec("colors", f"a {color} {shape}", (ObjectRequirement(shape, color),))
+        detections = detect_objects(image)
+        right += spec_satisfied(detections, spec)
+        only += spec_satisfied(detections, spec, only_asked=True)
+        if detections:
+            largest_shape += max(detections, key=lambda found: found.num_pixels).shape == shape
+        masks[noise, color, shape] = drawn_mask(image)
+    ious = []
+    for (noise, color) in {(noise, color) for noise, color, _ in prompts}:
+        for first, second in itertools.combinations(SHAPES, 2):
+            a, b = masks[noise, color, first], masks[noise, color, second]
+            union = (a | b).sum()
+            if union:
+                ious.append((a & b).sum() / union)
+    total = len(prompts)
+    return {"colors_rule": right / total, "only_asked": only / total, "largest_has_shape": largest_shape / total,
+            "shape_word_iou": float(np.mean(ious)) if ious else float("nan"), "images": total}
+
+
+def grid(images: list, columns: int) -> Image.Image:
+    size = images[0].size[0]
+    rows = (len(images) + columns - 1) // columns
+    canvas = Image.new("RGB", (columns * size, rows * size), "white")
+    for index, image in enumerate(images):
+        canvas.paste(image, ((index % columns) * size, (index // columns) * size))
+    return canvas
+
+
+def baseline_images(pipe: HydraPipeline, prompts: list, seed: int, batch_size: int = 54) -> list:
+    """The checkpoint's own drawings of the prompts, under `hydra-hf eval shapes`' settings (answer guidance 0.03);
+    one noise seed per noise index, so that the shape words share it."""
+    images = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc="baseline", leave=False):
+        batch = prompts[start : start + batch_size]
+        specs = [PromptSpec("colors", f"a {c} {s}", (ObjectRequirement(s, c),)) for _, c, s in batch]
+        images += pipe([spec.prompt for spec in specs],
+                       generator=[torch.Generator().manual_seed(seed + noise) for noise, _, _ in batch],
+                       guidance_questions=[binding_questions(spec) for spec in specs],
+                       answer_guidance_scale=0.03).images
+    return images
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--out", type=Path, required=True, help="folder for toy_results.json, weights and grids")
+    parser.add_argument("--model", default="src/hydra_hf/assets/hydra-tiny-shapes",
+                        help="HYDRA checkpoint whose HYDRA-TOK encodes and decodes")
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--num-scenes", type=int, default=20000, help="one-object training scenes (seed --data-seed)")
+    parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--learning-rate", type=float, default=3e-4)
+    parser.add_argument("--label-dropout", type=float, default=0.1)
+    parser.add_argument("--width", type=int, default=192)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=6)
+    parser.add_argument("--sampling-steps", type=int, default=30)
+    parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0])
+    parser.add_argument("--eval-noises", type=int, default=10, help="noises per label when scoring (18 labels each)")
+    parser.add_argument("--eval-seed", type=int, default=12345)
+    parser.add_argument("--seed", type=int, default=0, help="initialisation, batches, noise and times in training")
+    parser.add_argument("--baseline", action="store_true", help="also score --model itself on the same prompts")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    pipe = HydraPipeline.from_pretrained(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    images, labels = one_object_scenes(args.num_scenes, args.data_seed)
+    latents = encode(pipe, images)
+    prompts = evaluation_prompts(args.eval_noises)
+    eval_labels = torch.tensor([LABELS.index((color, shape)) for _, color, shape in prompts])
+    generator = torch.Generator().manual_seed(args.eval_seed)
+    noises = torch.randn((args.eval_noises, *latents.shape[1:]), generator=generator)
+    eval_noise = noises[[noise for noise, _, _ in prompts]]
+
+    results = {"args": {key: str(value) for key, value in vars(args).items()}, "arms": {}}
+    if args.baseline:
+        drawn = baseline_images(pipe, prompts, args.eval_seed)
+        results["baseline"] = scores(drawn, prompts)
+        grid(drawn, len(LABELS)).save(args.out / "baseline.png")
+        print(f"baseline {args.model}: {results['baseline']}", flush=True)
+    for arm in args.arms:
+        torch.manual_seed(args.seed)
+        model = ToyFlowTransformer(latents.shape[1], latents.shape[2], args.width, args.layers, args.heads, arm)
+        started = time.perf_counter()
+        losses = train(model, latents, labels, args)
+        save_file(model.state_dict(), args.out / f"{arm}.safetensors")
+        arm_results = {"train_seconds": time.perf_counter() - started,
+                       "parameters": sum(p.numel() for p in model.parameters()),
+                       "loss_first_100": float(np.mean(losses[:100])), "loss_last_100": float(np.mean(losses[-100:]))}
+        for guidance in args.guidance:
+            drawn = decode(pipe, sample(model, eval_noise, eval_labels, guidance, args.sampling_steps), args.eval_seed)
+            arm_results[f"guidance_{guidance:g}"] = scores(drawn, prompts)
+            grid(drawn, len(LABELS)).save(args.out / f"{arm}_guidance_{guidance:g}.png")
+        results["arms"][arm] = arm_results
+        print(f"{arm}: {json.dumps(arm_results)}", flush=True)
+        (args.out / "toy_results.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+import json
+
+import pytest
+import torch
+
+from hydra_hf.data.shapes import Scene, ShapeObject, render_scene
+
+from .utils import load_script, save_tiny_hydra
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return load_script("scripts/latent_flow_toy.py")
+
+
+def tiny_toy(toy, conditioning: str):
+    torch.manual_seed(0)
+    return toy.ToyFlowTransformer(channels=4, grid=2, width=16, layers=1, heads=2, conditioning=conditioning)
+
+
+@pytest.mark.parametrize("conditioning", ["adaln", "token"])
+def test_the_label_reaches_the_velocity_only_by_its_arms_path(toy, conditioning):
+    # The arms differ only in where the label enters; the other path must not learn from it.
+    model = tiny_toy(toy, conditioning)
+    torch.nn.init.normal_(model.proj_out.weight)  # zero-initialised: no gradient would reach anything before it
+    latents, times = torch.randn(3, 4, 2, 2), torch.full((3,), 0.5)
+    labels = torch.tensor([0, 5, 17])
+    model(latents, times, labels).square().sum().backward()
+    adaln_labels = model.blocks[0].norm1.emb.class_embedder.embedding_table.weight.grad
+    label_token = model.label_token.weight.grad
+    if conditioning == "adaln":
+        assert adaln_labels[labels].abs().sum() > 0 and (label_token is None or not label_token.any())
+    else:
+        assert label_token[labels].abs().sum() > 0
+        assert not adaln_labels[labels].any() and adaln_labels[model.null_label].abs().sum() > 0
+    with torch.no_grad():
+        assert not torch.allclose(model(latents, times, labels), model(latents, times, labels.flip(0)))
+
+
+def test_unknown_conditioning_is_refused(toy):
+    with pytest.raises(ValueError, match="adaln"):
+        tiny_toy(toy, "cross")
+
+
+def test_sampling_follows_the_flow_to_the_point_an_exact_velocity_leads_to(toy):
+    # A velocity that points straight from x_t to a fixed clean sample, (x_t - clean) / t, must land on it.
+    clean = torch.randn(2, 4, 2, 2)
+
+    class Oracle(torch.nn.Module):
+        null_label = 18
+
+        def forward(self, latents, times, labels):
+            return (latents - clean) / times.view(-1, 1, 1, 1)
+
+    noise = torch.randn(2, 4, 2, 2)
+    for guidance in (1.0, 3.0):  # guidance scales v_cond - v_uncond, which is zero here
+        assert torch.allclose(toy.sample(Oracle(), noise, torch.tensor([0, 1]), guidance, steps=5), clean, atol=1e-5)
+
+
+def one_object(shape: str, color: str = "red", x: float = 32, y: float = 32) -> Scene:
+    return Scene((ShapeObject(shape, color, x, y, 20),), "colors")
+
+
+def test_scores_tell_drawn_shapes_from_one_blob_for_every_shape_word(toy):
+    prompts = [(0, "red", shape) for shape in ("circle", "square", "triangle")]
+    drawn = [render_scene(one_object(shape)) for _, _, shape in prompts]
+    right = toy.scores(drawn, prompts)
+    assert right["colors_rule"] == right["only_asked"] == right["largest_has_shape"] == 1.0
+    assert right["shape_word_iou"] < 0.9
+    blob = [render_scene(one_object("circle"))] * 3
+    wrong = toy.scores(blob, prompts)
+    assert wrong["colors_rule"] == pytest.approx(1 / 3) and wrong["shape_word_iou"] == 1.0
+    moved = [render_scene(one_object("square", "blue", 20, 20))] * 3  # the wrong colour satisfies nothing
+    assert toy.scores(moved, prompts)["colors_rule"] == 0.0
+
+
+def test_training_lowers_the_flow_loss_of_label_dependent_latents(toy):
+    # Each label has one fixed latent: a conditioned flow model can fit that far below its starting loss.
+    generator = torch.Generator().manual_seed(0)
+    targets = torch.randn(len(toy.LABELS), 4, 2, 2, generator=generator)
+    labels = torch.arange(len(toy.LABELS)).repeat(4)
+    model = tiny_toy(toy, "token")
+
+    class Args:
+        seed, steps, batch_size, learning_rate, label_dropout = 0, 300, 32, 3e-3, 0.0
+
+    losses = toy.train(model, targets[labels], labels, Args)
+    assert sum(losses[-30:]) / 30 < 0.6 * sum(losses[:30]) / 30
+    assert not model.training
+
+
+def test_main_writes_each_arm_and_its_scores_at_each_guidance(toy, tmp_path):
+    model_dir = save_tiny_hydra(tmp_path / "tiny")
+    out = tmp_path / "toy"
+    toy.main(["--out", str(out), "--model", str(model_dir), "--num-scenes", "6", "--steps", "2", "--batch-size", "4",
+              "--width", "16", "--layers", "1", "--heads", "2", "--sampling-steps", "2", "--eval-noises", "1",
+              "--guidance", "1", "2"])
+    results = json.loads((out / "toy_results.json").read_text())
+    assert set(results["arms"]) == {"adaln", "token"}
+    for arm, row in results["arms"].items():
+        assert {"guidance_1", "guidance_2"} <= set(row) and row["guidance_1"]["images"] == len(toy.LABELS)
+        assert (out / f"{arm}.safetensors").exists() and (out / f"{arm}_guidance_2.png").exists()
