@@ -1,7 +1,7 @@
 """Can a small flow transformer draw the named shape in HYDRA-TOK's latent space, and does it matter how the label
 enters? A diagnostic for docs/experiments.md (thirty-sixth round), apart from the unified model.
 
-    python scripts/latent_flow_toy.py --out outputs/toy [--arms adaln token] [--steps 3000] [--baseline]
+    python scripts/latent_flow_toy.py --out outputs/toy [--arms adaln token semvit] [--steps 3000] [--baseline]
 
 Every HYDRA model so far draws a blob in the right colour whatever shape word it is given (docs/experiments.md,
 fifteenth and twenty-fifth rounds: the shape word barely moves the drawing, and the velocity ignores it mid-flow even
@@ -13,7 +13,10 @@ tokens with 2-D sin-cos positions, diffusers' `BasicTransformerBlock` with adaLN
 
 - `adaln`: the label's embedding joins the time embedding in every block's adaLN (DiT's class conditioning);
 - `token`: the label is one extra token that the image tokens attend to, and adaLN sees the time only (the way the
-  prompt reaches HYDRA's image tokens: through attention in the LLM).
+  prompt reaches HYDRA's image tokens: through attention in the LLM);
+- `semvit`: as `token`, but the latents enter through a trainable copy of the checkpoint's own path for noisy image
+  tokens (GSB unproj -> Sem-ViT -> projector, plus its 2-D positions) instead of a linear patch embedding; the width
+  must be the checkpoint's LLM width.
 
 Each arm then draws every label from the same noises (Euler, FlowMatchEulerDiscreteScheduler, 30 steps, without and
 with classifier-free guidance), decodes with the checkpoint's pixel decoder and scores: the share of images whose
@@ -26,6 +29,7 @@ If an arm draws the shapes, the latent space and that conditioning path can carr
 """
 
 import argparse
+import copy
 import itertools
 import json
 import time
@@ -41,7 +45,7 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from hydra_hf import HydraPipeline, flow_matching
+from hydra_hf import HydraForConditionalGeneration, HydraPipeline, flow_matching
 from hydra_hf.data import PALETTE, SHAPES
 from hydra_hf.data.shapes import (
     ObjectRequirement,
@@ -54,18 +58,39 @@ from hydra_hf.data.shapes import (
 from hydra_hf.evaluation.shapes import detect_objects, drawn_mask, spec_satisfied
 
 LABELS = [(color, shape) for color in PALETTE for shape in SHAPES]  # label = colour index * 3 + shape index
-ARMS = ("adaln", "token")
+ARMS = ("adaln", "token", "semvit")
+
+
+class HydraInputPath(nn.Module):
+    """A trainable copy of a unified model's path for noisy image tokens: normalised latents -> `visual_tokens`."""
+
+    def __init__(self, model: HydraForConditionalGeneration):
+        super().__init__()
+        self.model = copy.deepcopy(model.model)
+        self.model.language_model = nn.Identity()  # not on the path; keeps its weights out of the optimiser
+
+    @property
+    def width(self) -> int:
+        return self.model.config.text_config.hidden_size
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.model.visual_tokens(self.model.vision_model.denormalize_latents(latents))
 
 
 class ToyFlowTransformer(nn.Module):
     """Velocity of normalised latents `[B, C, h, w]` at flow time t given a label (`len(LABELS)` = no label)."""
 
-    def __init__(self, channels: int, grid: int, width: int, layers: int, heads: int, conditioning: str):
+    def __init__(self, channels: int, grid: int, width: int, layers: int, heads: int, conditioning: str,
+                 input_path: HydraInputPath | None = None):
         super().__init__()
         if conditioning not in ARMS:
             raise ValueError(f"conditioning must be one of {ARMS}, got {conditioning!r}")
+        if (conditioning == "semvit") != (input_path is not None):
+            raise ValueError("the semvit arm, and only it, takes an input_path (HydraInputPath)")
+        if input_path is not None and input_path.width != width:
+            raise ValueError(f"width must be the input path's LLM width {input_path.width}, got {width}")
         self.conditioning, self.null_label = conditioning, len(LABELS)
-        self.patch = nn.Linear(channels, width)
+        self.patch = nn.Linear(channels, width) if input_path is None else input_path
         positions = get_2d_sincos_pos_embed(width, grid, output_type="pt")
         self.register_buffer("positions", positions.float()[None], persistent=False)
         # `num_embeds_ada_norm` gives each block diffusers' time + label embedding; the `token` arm feeds it the null
@@ -83,9 +108,12 @@ class ToyFlowTransformer(nn.Module):
 
     def forward(self, latents: torch.Tensor, times: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = latents.shape
-        tokens = self.patch(latents.flatten(2).transpose(1, 2)) + self.positions
+        if self.conditioning == "semvit":
+            tokens = self.patch(latents) + self.positions
+        else:
+            tokens = self.patch(latents.flatten(2).transpose(1, 2)) + self.positions
         block_labels = labels
-        if self.conditioning == "token":
+        if self.conditioning in ("token", "semvit"):
             tokens = torch.cat([self.label_token(labels)[:, None], tokens], dim=1)
             block_labels = torch.full_like(labels, self.null_label)
         for block in self.blocks:
@@ -222,14 +250,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for toy_results.json, weights and grids")
     parser.add_argument("--model", default="src/hydra_hf/assets/hydra-tiny-shapes",
                         help="HYDRA checkpoint whose HYDRA-TOK encodes and decodes")
-    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=["adaln", "token"])
     parser.add_argument("--num-scenes", type=int, default=20000, help="one-object training scenes (seed --data-seed)")
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=3e-4)
     parser.add_argument("--label-dropout", type=float, default=0.1)
-    parser.add_argument("--width", type=int, default=192)
+    parser.add_argument("--width", type=int, default=192, help="the semvit arm takes the checkpoint's LLM width")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=6)
     parser.add_argument("--sampling-steps", type=int, default=30)
@@ -259,7 +287,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"baseline {args.model}: {results['baseline']}", flush=True)
     for arm in args.arms:
         torch.manual_seed(args.seed)
-        model = ToyFlowTransformer(latents.shape[1], latents.shape[2], args.width, args.layers, args.heads, arm)
+        input_path = HydraInputPath(pipe.model) if arm == "semvit" else None
+        width = args.width if input_path is None else input_path.width
+        model = ToyFlowTransformer(latents.shape[1], latents.shape[2], width, args.layers, args.heads, arm, input_path)
         started = time.perf_counter()
         losses = train(model, latents, labels, args)
         save_file(model.state_dict(), args.out / f"{arm}.safetensors")

@@ -5,7 +5,7 @@ import torch
 
 from hydra_hf.data.shapes import Scene, ShapeObject, render_scene
 
-from .utils import load_script, save_tiny_hydra
+from .utils import load_script, save_tiny_hydra, tiny_hydra
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,27 @@ def test_the_label_reaches_the_velocity_only_by_its_arms_path(toy, conditioning)
 def test_unknown_conditioning_is_refused(toy):
     with pytest.raises(ValueError, match="adaln"):
         tiny_toy(toy, "cross")
+
+
+def test_semvit_arm_reads_the_latents_through_a_trainable_copy_of_the_unified_models_path(toy):
+    hydra = tiny_hydra()
+    path = toy.HydraInputPath(hydra)
+    grid = hydra.config.vision_config.image_size // hydra.config.vision_config.patch_size
+    channels = hydra.config.vision_config.latent_channels
+    with pytest.raises(ValueError, match="LLM width"):
+        toy.ToyFlowTransformer(channels, grid, path.width + 2, 1, 2, "semvit", path)
+    with pytest.raises(ValueError, match="input_path"):
+        toy.ToyFlowTransformer(channels, grid, path.width, 1, 2, "token", path)
+    model = toy.ToyFlowTransformer(channels, grid, path.width, 1, 2, "semvit", path)
+    torch.nn.init.normal_(model.proj_out.weight)
+    latents = torch.randn(2, channels, grid, grid)
+    model(latents, torch.full((2,), 0.5), torch.tensor([0, 1])).square().sum().backward()
+    trained = {name for name, p in path.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    for part in ("bottleneck.unproj", "sem_vit.layers", "projector"):
+        assert any(part in name for name in trained), part
+    assert not any(name.startswith("model.language_model") for name, _ in path.named_parameters())
+    hydra_weight = next(p for name, p in hydra.model.projector.named_parameters())
+    assert hydra_weight.grad is None  # the copy trains, not the checkpoint it came from
 
 
 def test_sampling_follows_the_flow_to_the_point_an_exact_velocity_leads_to(toy):
