@@ -26,6 +26,11 @@ three shape words drawn from one noise in one colour (a model that draws shapes 
 scores the checkpoint itself on the same prompts under its evaluation settings (answer guidance 0.03).
 
 If an arm draws the shapes, the latent space and that conditioning path can carry shape at this size and budget.
+`--space pixels` trains the arms on the same grid of patches in pixel space instead (each patch's raw pixels, 192
+numbers against the latent's 16): the control for whether the latent is what makes shape hard to generate.
+`--latent-noise SIGMA ...` measures the other side, how much error the latent tolerates: 180 rendered one-object scenes
+(seed --eval-seed + 1) encoded, their normalised latents perturbed by SIGMA times Gaussian noise, decoded and scored
+as above (the shape-word IoU does not apply).
 """
 
 import argparse
@@ -37,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.embeddings import get_2d_sincos_pos_embed
@@ -130,12 +136,16 @@ def one_object_scenes(num_scenes: int, seed: int):
 
 
 @torch.no_grad()
-def encode(pipe: HydraPipeline, images: list, batch_size: int = 250) -> torch.Tensor:
-    """Normalised GSB means, the latents the unified model generates."""
+def encode(pipe: HydraPipeline, images: list, space: str = "latents", batch_size: int = 250) -> torch.Tensor:
+    """Normalised GSB means, the latents the unified model generates; or, in `pixels` space, the pixels in [-1, 1]
+    folded into one 3 * p * p vector per patch of the same p x p grid (`pixel_unshuffle`)."""
     model, latents = pipe.model, []
     for start in tqdm(range(0, len(images), batch_size), desc="encoding", leave=False):
         pixels = pipe.processor.image_processor(images[start : start + batch_size], return_tensors="pt")["pixel_values"]
-        latents.append(model.vision_model.normalize_latents(model.model.image_latents(pixels)))
+        if space == "pixels":
+            latents.append(F.pixel_unshuffle(pixels, model.config.vision_config.patch_size))
+        else:
+            latents.append(model.vision_model.normalize_latents(model.model.image_latents(pixels)))
     return torch.cat(latents)
 
 
@@ -177,14 +187,17 @@ def sample(model: ToyFlowTransformer, noise: torch.Tensor, labels: torch.Tensor,
         times = torch.full((len(labels),), float(t) / scheduler.config.num_train_timesteps)
         velocity = model(latents, times, labels)
         if guidance > 1:
-            velocity = model(latents, times, null) + guidance * (velocity - model(latents, times, null))
+            unconditional = model(latents, times, null)
+            velocity = unconditional + guidance * (velocity - unconditional)
         latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
     return latents
 
 
 @torch.no_grad()
-def decode(pipe: HydraPipeline, latents: torch.Tensor, seed: int, batch_size: int = 180) -> list:
+def decode(pipe: HydraPipeline, latents: torch.Tensor, seed: int, space: str = "latents", batch_size: int = 180) -> list:
     vision, images = pipe.model.vision_model, []
+    if space == "pixels":
+        return pipe.processor.postprocess(F.pixel_shuffle(latents, vision.config.patch_size).clamp(-1, 1), output_type="pil")
     for start in range(0, len(latents), batch_size):
         generator = torch.Generator().manual_seed(seed + start)
         pixels = vision.decode(vision.denormalize_latents(latents[start : start + batch_size]), generator=generator)
@@ -212,6 +225,8 @@ def scores(images: list, prompts: list[tuple[int, str, str]]) -> dict:
     ious = []
     for (noise, color) in {(noise, color) for noise, color, _ in prompts}:
         for first, second in itertools.combinations(SHAPES, 2):
+            if (noise, color, first) not in masks or (noise, color, second) not in masks:
+                continue  # the shape words were not all drawn from this noise
             a, b = masks[noise, color, first], masks[noise, color, second]
             union = (a | b).sum()
             if union:
@@ -244,13 +259,25 @@ def baseline_images(pipe: HydraPipeline, prompts: list, seed: int, batch_size: i
     return images
 
 
+@torch.no_grad()
+def latent_noise_scores(pipe: HydraPipeline, sigmas: list[float], seed: int, num_scenes: int = 180) -> dict:
+    """Scores of decoded reference latents under Gaussian errors of each std in `sigmas` (normalised units)."""
+    images, labels = one_object_scenes(num_scenes, seed)
+    prompts = [(index, *LABELS[label]) for index, label in enumerate(labels.tolist())]
+    latents = encode(pipe, images)
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(latents.shape, generator=generator)
+    return {f"{sigma:g}": scores(decode(pipe, latents + sigma * noise, seed), prompts) for sigma in sigmas}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--out", type=Path, required=True, help="folder for toy_results.json, weights and grids")
     parser.add_argument("--model", default="src/hydra_hf/assets/hydra-tiny-shapes",
                         help="HYDRA checkpoint whose HYDRA-TOK encodes and decodes")
-    parser.add_argument("--arms", nargs="+", choices=ARMS, default=["adaln", "token"])
+    parser.add_argument("--arms", nargs="*", choices=ARMS, default=["adaln", "token"],
+                        help="arms to train (none: only --baseline / --latent-noise)")
     parser.add_argument("--num-scenes", type=int, default=20000, help="one-object training scenes (seed --data-seed)")
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=3000)
@@ -265,31 +292,45 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-noises", type=int, default=10, help="noises per label when scoring (18 labels each)")
     parser.add_argument("--eval-seed", type=int, default=12345)
     parser.add_argument("--seed", type=int, default=0, help="initialisation, batches, noise and times in training")
+    parser.add_argument("--space", choices=("latents", "pixels"), default="latents",
+                        help="what the arms generate: the checkpoint's normalised latents, or its patches' raw pixels")
     parser.add_argument("--baseline", action="store_true", help="also score --model itself on the same prompts")
+    parser.add_argument("--latent-noise", type=float, nargs="+", metavar="SIGMA",
+                        help="also score reference latents decoded with Gaussian errors of these stds")
     args = parser.parse_args(argv)
+    if args.space == "pixels" and ("semvit" in args.arms or args.latent_noise):
+        parser.error("--space pixels has no latents: the semvit arm and --latent-noise need --space latents")
     args.out.mkdir(parents=True, exist_ok=True)
 
     pipe = HydraPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
-    images, labels = one_object_scenes(args.num_scenes, args.data_seed)
-    latents = encode(pipe, images)
+    vision_config = pipe.model.config.vision_config
+    grid_size = vision_config.image_size // vision_config.patch_size
+    channels = vision_config.latent_channels if args.space == "latents" else 3 * vision_config.patch_size**2
+    latent_shape = (channels, grid_size, grid_size)
     prompts = evaluation_prompts(args.eval_noises)
     eval_labels = torch.tensor([LABELS.index((color, shape)) for _, color, shape in prompts])
-    generator = torch.Generator().manual_seed(args.eval_seed)
-    noises = torch.randn((args.eval_noises, *latents.shape[1:]), generator=generator)
+    noises = torch.randn((args.eval_noises, *latent_shape), generator=torch.Generator().manual_seed(args.eval_seed))
     eval_noise = noises[[noise for noise, _, _ in prompts]]
 
     results = {"args": {key: str(value) for key, value in vars(args).items()}, "arms": {}}
+    if args.latent_noise:
+        results["latent_noise"] = latent_noise_scores(pipe, args.latent_noise, args.eval_seed + 1)
+        print(f"latent noise: {json.dumps(results['latent_noise'])}", flush=True)
     if args.baseline:
         drawn = baseline_images(pipe, prompts, args.eval_seed)
         results["baseline"] = scores(drawn, prompts)
         grid(drawn, len(LABELS)).save(args.out / "baseline.png")
         print(f"baseline {args.model}: {results['baseline']}", flush=True)
+    (args.out / "toy_results.json").write_text(json.dumps(results, indent=2))
+    if args.arms:
+        images, labels = one_object_scenes(args.num_scenes, args.data_seed)
+        latents = encode(pipe, images, args.space)
     for arm in args.arms:
         torch.manual_seed(args.seed)
         input_path = HydraInputPath(pipe.model) if arm == "semvit" else None
         width = args.width if input_path is None else input_path.width
-        model = ToyFlowTransformer(latents.shape[1], latents.shape[2], width, args.layers, args.heads, arm, input_path)
+        model = ToyFlowTransformer(*latent_shape[:2], width, args.layers, args.heads, arm, input_path)
         started = time.perf_counter()
         losses = train(model, latents, labels, args)
         save_file(model.state_dict(), args.out / f"{arm}.safetensors")
@@ -297,7 +338,8 @@ def main(argv: list[str] | None = None) -> None:
                        "parameters": sum(p.numel() for p in model.parameters()),
                        "loss_first_100": float(np.mean(losses[:100])), "loss_last_100": float(np.mean(losses[-100:]))}
         for guidance in args.guidance:
-            drawn = decode(pipe, sample(model, eval_noise, eval_labels, guidance, args.sampling_steps), args.eval_seed)
+            drawn = decode(pipe, sample(model, eval_noise, eval_labels, guidance, args.sampling_steps), args.eval_seed,
+                           args.space)
             arm_results[f"guidance_{guidance:g}"] = scores(drawn, prompts)
             grid(drawn, len(LABELS)).save(args.out / f"{arm}_guidance_{guidance:g}.png")
         results["arms"][arm] = arm_results

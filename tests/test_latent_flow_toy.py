@@ -1,5 +1,7 @@
 import json
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -93,6 +95,22 @@ def test_scores_tell_drawn_shapes_from_one_blob_for_every_shape_word(toy):
     assert wrong["colors_rule"] == pytest.approx(1 / 3) and wrong["shape_word_iou"] == 1.0
     moved = [render_scene(one_object("square", "blue", 20, 20))] * 3  # the wrong colour satisfies nothing
     assert toy.scores(moved, prompts)["colors_rule"] == 0.0
+    apart = [(index, "red", shape) for index, (_, _, shape) in enumerate(prompts)]  # no noise shared: no IoU
+    alone = toy.scores(drawn, apart)
+    assert alone["colors_rule"] == 1.0 and alone["shape_word_iou"] != alone["shape_word_iou"]  # nan
+
+
+def test_pixel_space_folds_each_patch_into_one_token_and_back(toy, tmp_path):
+    from hydra_hf import HydraPipeline
+
+    pipe = HydraPipeline.from_pretrained(save_tiny_hydra(tmp_path / "tiny"))
+    images = [render_scene(one_object("triangle", "blue", 30, 34))]
+    folded = toy.encode(pipe, images, space="pixels")
+    patch, size = pipe.model.config.vision_config.patch_size, pipe.model.config.vision_config.image_size
+    assert folded.shape == (1, 3 * patch * patch, size // patch, size // patch)
+    pixels = pipe.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+    expected = pipe.processor.postprocess(pixels, output_type="np")
+    assert (np.asarray(toy.decode(pipe, folded, seed=0, space="pixels")[0]) == expected[0]).all()
 
 
 def test_training_lowers_the_flow_loss_of_label_dependent_latents(toy):
