@@ -113,6 +113,18 @@ def test_pixel_space_folds_each_patch_into_one_token_and_back(toy, tmp_path):
     assert (np.asarray(toy.decode(pipe, folded, seed=0, space="pixels")[0]) == expected[0]).all()
 
 
+def test_the_shipped_decoder_reads_back_clean_latents_and_loses_shapes_under_large_errors(toy):
+    from importlib import resources
+
+    from hydra_hf import HydraPipeline
+
+    pipe = HydraPipeline.from_pretrained(str(resources.files("hydra_hf") / "assets" / "hydra-tiny-shapes"))
+    pipe.set_progress_bar_config(disable=True)
+    results = toy.latent_noise_scores(pipe, [0.0, 30.0], seed=5, num_scenes=6)
+    assert results["0"]["colors_rule"] == 1.0 and results["0"]["images"] == 6
+    assert results["30"]["colors_rule"] < 1.0
+
+
 def test_training_lowers_the_flow_loss_of_label_dependent_latents(toy):
     # Each label has one fixed latent: a conditioned flow model can fit that far below its starting loss.
     generator = torch.Generator().manual_seed(0)
