@@ -109,7 +109,7 @@ from hydra_hf.data.shapes import (
 )
 from hydra_hf.evaluation.shapes import (
     detect_objects,
-    drawn_mask,
+    drawn_iou,
     generation_outcomes,
     paired_differences,
     scores_from_outcomes,
@@ -161,12 +161,6 @@ def sampling_settings(args) -> dict:
 def pixel_change(first: np.ndarray, second: np.ndarray) -> float:
     """Mean absolute difference of two uint8 images, 0-255."""
     return float(np.abs(first.astype(np.float32) - second).mean())
-
-
-def drawn_iou(first: np.ndarray, second: np.ndarray) -> float:
-    """Overlap of the drawn pixels of two images (`drawn_mask`: uint8, or floats in 0-1)."""
-    first, second = drawn_mask(first), drawn_mask(second)
-    return float((first & second).sum() / max(1, (first | second).sum()))
 
 
 def word_effect_table(args) -> dict:

@@ -44,24 +44,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers.utils import make_image_grid
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.embeddings import get_2d_sincos_pos_embed
-from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from hydra_hf import HydraForConditionalGeneration, HydraPipeline, flow_matching
 from hydra_hf.data import PALETTE, SHAPES
-from hydra_hf.data.shapes import (
-    ObjectRequirement,
-    PromptSpec,
-    binding_questions,
-    example_rng,
-    render_scene,
-    sample_scene,
-)
-from hydra_hf.evaluation.shapes import detect_objects, drawn_mask, spec_satisfied
+from hydra_hf.data.shapes import binding_questions, example_rng, prompt_spec_from_text, render_scene, sample_scene
+from hydra_hf.evaluation.shapes import detect_objects, drawn_iou, spec_satisfied
 
 LABELS = [(color, shape) for color in PALETTE for shape in SHAPES]  # label = colour index * 3 + shape index
 ARMS = ("adaln", "token", "semvit")
@@ -211,38 +204,32 @@ def evaluation_prompts(num_noises: int) -> list[tuple[int, str, str]]:
 
 
 def scores(images: list, prompts: list[tuple[int, str, str]]) -> dict:
-    """The shares described in the module docstring, and the shape-word IoU."""
+    """The shares described in the module docstring, and the shape-word IoU (`drawn_iou`, over every pair of shape
+    words drawn from one noise in one colour)."""
     right = only = largest_shape = 0
-    masks = {}
+    drawn = {}
     for image, (noise, color, shape) in zip(images, prompts):
-        spec = PromptSpec("colors", f"a {color} {shape}", (ObjectRequirement(shape, color),))
+        spec = prompt_spec_from_text(f"a {color} {shape}")
         detections = detect_objects(image)
         right += spec_satisfied(detections, spec)
         only += spec_satisfied(detections, spec, only_asked=True)
         if detections:
             largest_shape += max(detections, key=lambda found: found.num_pixels).shape == shape
-        masks[noise, color, shape] = drawn_mask(image)
-    ious = []
-    for (noise, color) in {(noise, color) for noise, color, _ in prompts}:
-        for first, second in itertools.combinations(SHAPES, 2):
-            if (noise, color, first) not in masks or (noise, color, second) not in masks:
-                continue  # the shape words were not all drawn from this noise
-            a, b = masks[noise, color, first], masks[noise, color, second]
-            union = (a | b).sum()
-            if union:
-                ious.append((a & b).sum() / union)
+        drawn[noise, color, shape] = image
+    ious = [
+        drawn_iou(drawn[noise, color, first], drawn[noise, color, second])
+        for noise, color in {(noise, color) for noise, color, _ in prompts}
+        for first, second in itertools.combinations(SHAPES, 2)
+        if (noise, color, first) in drawn and (noise, color, second) in drawn
+    ]
     total = len(prompts)
     return {"colors_rule": right / total, "only_asked": only / total, "largest_has_shape": largest_shape / total,
             "shape_word_iou": float(np.mean(ious)) if ious else float("nan"), "images": total}
 
 
-def grid(images: list, columns: int) -> Image.Image:
-    size = images[0].size[0]
-    rows = (len(images) + columns - 1) // columns
-    canvas = Image.new("RGB", (columns * size, rows * size), "white")
-    for index, image in enumerate(images):
-        canvas.paste(image, ((index % columns) * size, (index // columns) * size))
-    return canvas
+def save_grid(images: list, path: Path) -> None:
+    """One row per noise, one column per label (`evaluation_prompts`' order)."""
+    make_image_grid(images, len(images) // len(LABELS), len(LABELS)).save(path)
 
 
 def baseline_images(pipe: HydraPipeline, prompts: list, seed: int, batch_size: int = 54) -> list:
@@ -251,7 +238,7 @@ def baseline_images(pipe: HydraPipeline, prompts: list, seed: int, batch_size: i
     images = []
     for start in tqdm(range(0, len(prompts), batch_size), desc="baseline", leave=False):
         batch = prompts[start : start + batch_size]
-        specs = [PromptSpec("colors", f"a {c} {s}", (ObjectRequirement(s, c),)) for _, c, s in batch]
+        specs = [prompt_spec_from_text(f"a {color} {shape}") for _, color, shape in batch]
         images += pipe([spec.prompt for spec in specs],
                        generator=[torch.Generator().manual_seed(seed + noise) for noise, _, _ in batch],
                        guidance_questions=[binding_questions(spec) for spec in specs],
@@ -320,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.baseline:
         drawn = baseline_images(pipe, prompts, args.eval_seed)
         results["baseline"] = scores(drawn, prompts)
-        grid(drawn, len(LABELS)).save(args.out / "baseline.png")
+        save_grid(drawn, args.out / "baseline.png")
         print(f"baseline {args.model}: {results['baseline']}", flush=True)
     (args.out / "toy_results.json").write_text(json.dumps(results, indent=2))
     if args.arms:
@@ -341,7 +328,7 @@ def main(argv: list[str] | None = None) -> None:
             drawn = decode(pipe, sample(model, eval_noise, eval_labels, guidance, args.sampling_steps), args.eval_seed,
                            args.space)
             arm_results[f"guidance_{guidance:g}"] = scores(drawn, prompts)
-            grid(drawn, len(LABELS)).save(args.out / f"{arm}_guidance_{guidance:g}.png")
+            save_grid(drawn, args.out / f"{arm}_guidance_{guidance:g}.png")
         results["arms"][arm] = arm_results
         print(f"{arm}: {json.dumps(arm_results)}", flush=True)
         (args.out / "toy_results.json").write_text(json.dumps(results, indent=2))

@@ -35,15 +35,6 @@ def test_flow_loss_gives_every_model_the_same_scenes_and_noise(diagnostics, mode
         run(diagnostics, "flow-loss", model_dir, "--times", 1.5)
 
 
-def test_drawn_iou_counts_pixels_darker_than_the_white_background(diagnostics):
-    white = np.full((4, 4, 3), 255, dtype=np.uint8)  # as the pipeline's PIL images read
-    first, second = white.copy(), white.copy()
-    first[0, :2] = [190, 0, 0]  # drawn: its darkest channel is far below white
-    second[0, 1:3] = [0, 0, 200]
-    assert diagnostics.drawn_iou(first, second) == pytest.approx(1 / 3)
-    assert diagnostics.drawn_iou(white, white) == 0.0
-
-
 def test_probe_reads_a_label_the_features_carry_and_not_one_they_do_not(diagnostics):
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(6) % 3  # 6 prompts, 3 classes, as colour or shape of the prompts; 8 seeds of features

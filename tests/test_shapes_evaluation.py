@@ -25,6 +25,7 @@ from hydra_hf.evaluation import (
     WELL_DRAWN_MIN_FIT,
     count_specks,
     detect_objects,
+    drawn_iou,
     format_scores_table,
     generation_outcomes,
     overall_standard_error,
@@ -328,3 +329,12 @@ def test_psnr_matches_its_formula():
     assert psnr(batch, np.zeros_like(batch), data_range=255) == pytest.approx(expected)
     with pytest.raises(ValueError, match="Shapes differ"):
         psnr(zeros, floats)
+
+
+def test_drawn_iou_counts_pixels_darker_than_the_white_background():
+    white = np.full((4, 4, 3), 255, dtype=np.uint8)  # as the pipeline's PIL images read
+    first, second = white.copy(), white.copy()
+    first[0, :2] = [190, 0, 0]  # drawn: its darkest channel is far below white
+    second[0, 1:3] = [0, 0, 200]
+    assert drawn_iou(first, second) == pytest.approx(1 / 3)
+    assert drawn_iou(white, white) == 0.0

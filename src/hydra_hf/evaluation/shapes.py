@@ -25,6 +25,7 @@ __all__ = [
     "DetectedObject",
     "count_specks",
     "detect_objects",
+    "drawn_iou",
     "drawn_mask",
     "format_scores_table",
     "generation_outcomes",
@@ -203,6 +204,13 @@ DRAWN_MIN_DEFICIT = 60.0  # a pixel whose darkest channel is this far below whit
 def drawn_mask(image: Image.Image | np.ndarray, min_deficit: float = DRAWN_MIN_DEFICIT) -> np.ndarray:
     """HxW bool: the pixels whose darkest channel is more than `min_deficit` below the white background."""
     return (255.0 - _as_rgb_array(image)).max(axis=-1) > min_deficit
+
+
+def drawn_iou(first: Image.Image | np.ndarray, second: Image.Image | np.ndarray) -> float:
+    """Overlap (IoU) of two images' drawn pixels (`drawn_mask`); 0 when neither draws anything. A generator that
+    draws the shape it is asked for gives images of two shape words from one noise an overlap well below 1."""
+    first, second = drawn_mask(first), drawn_mask(second)
+    return float((first & second).sum() / max(1, (first | second).sum()))
 
 
 def count_specks(
