@@ -31,6 +31,9 @@ numbers against the latent's 16): the control for whether the latent is what mak
 `--latent-noise SIGMA ...` measures the other side, how much error the latent tolerates: 180 rendered one-object scenes
 (seed --eval-seed + 1) encoded, their normalised latents perturbed by SIGMA times Gaussian noise, decoded and scored
 as above (the shape-word IoU does not apply).
+
+`--eval-at STEP ...` draws and scores mid-run as well (a curve over training steps from one run, with its flow loss
+per 100 steps in toy_results.json), from an EMA of the weights when `--ema-decay` is given.
 """
 
 import argparse
@@ -38,6 +41,7 @@ import copy
 import itertools
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +51,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.utils import make_image_grid
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.embeddings import get_2d_sincos_pos_embed
+from diffusers.training_utils import EMAModel
 from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -142,13 +147,20 @@ def encode(pipe: HydraPipeline, images: list, space: str = "latents", batch_size
     return torch.cat(latents)
 
 
-def train(model: ToyFlowTransformer, latents: torch.Tensor, labels: torch.Tensor, args) -> list[float]:
-    """Flow matching as the unified model trains (`hydra_hf.flow_matching`), with `args.label_dropout` null labels."""
+def train(model: ToyFlowTransformer, latents: torch.Tensor, labels: torch.Tensor, args,
+          checkpoint: Callable[[int, list[float]], None] | None = None) -> list[float]:
+    """Flow matching as the unified model trains (`hydra_hf.flow_matching`), with `args.label_dropout` null labels.
+
+    At every step in `args.eval_at` it calls `checkpoint(step, losses)` with the model in eval mode and holding, when
+    `args.ema_decay` is set, the EMA of its weights (diffusers' `EMAModel`): mid-run weights under a learning rate
+    still high are a poor sample of what the run has learnt, their average a better one (DiT samples from its EMA).
+    """
     generator = torch.Generator().manual_seed(args.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / 100) * 0.5 * (1 + np.cos(np.pi * step / args.steps))
     )
+    ema = EMAModel(model.parameters(), decay=args.ema_decay) if args.ema_decay else None
     losses = []
     model.train()
     for step in tqdm(range(args.steps), desc=f"training {model.conditioning}"):
@@ -165,6 +177,17 @@ def train(model: ToyFlowTransformer, latents: torch.Tensor, labels: torch.Tensor
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
+        if ema is not None:
+            ema.step(model.parameters())
+        if checkpoint is not None and step + 1 in args.eval_at:
+            model.eval()
+            if ema is not None:
+                ema.store(model.parameters())
+                ema.copy_to(model.parameters())
+            checkpoint(step + 1, losses)
+            if ema is not None:
+                ema.restore(model.parameters())
+            model.train()
     model.eval()
     return losses
 
@@ -281,12 +304,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="initialisation, batches, noise and times in training")
     parser.add_argument("--space", choices=("latents", "pixels"), default="latents",
                         help="what the arms generate: the checkpoint's normalised latents, or its patches' raw pixels")
+    parser.add_argument("--eval-at", type=int, nargs="+", default=[], metavar="STEP",
+                        help="also draw and score at these training steps (grids `{arm}_step{STEP}_guidance_*.png`)")
+    parser.add_argument("--ema-decay", type=float, help="keep an EMA of the weights (diffusers' EMAModel) and draw "
+                        "from it at --eval-at; the final scores use the trained weights themselves")
     parser.add_argument("--baseline", action="store_true", help="also score --model itself on the same prompts")
     parser.add_argument("--latent-noise", type=float, nargs="+", metavar="SIGMA",
                         help="also score reference latents decoded with Gaussian errors of these stds")
     args = parser.parse_args(argv)
     if args.space == "pixels" and ("semvit" in args.arms or args.latent_noise):
         parser.error("--space pixels has no latents: the semvit arm and --latent-noise need --space latents")
+    if any(not 0 < step < args.steps for step in args.eval_at):
+        parser.error(f"--eval-at takes steps between 1 and --steps - 1 ({args.steps - 1}); the last is always scored")
+    if args.ema_decay is not None and not 0 < args.ema_decay < 1:
+        parser.error(f"--ema-decay must lie in (0, 1), got {args.ema_decay}")
     args.out.mkdir(parents=True, exist_ok=True)
 
     pipe = HydraPipeline.from_pretrained(args.model)
@@ -318,19 +349,34 @@ def main(argv: list[str] | None = None) -> None:
         input_path = HydraInputPath(pipe.model) if arm == "semvit" else None
         width = args.width if input_path is None else input_path.width
         model = ToyFlowTransformer(*latent_shape[:2], width, args.layers, args.heads, arm, input_path)
-        started = time.perf_counter()
-        losses = train(model, latents, labels, args)
+        arm_results = results["arms"][arm] = {"parameters": sum(p.numel() for p in model.parameters())}
+
+        def draw_and_score(name: str) -> dict:
+            """Scores at each guidance of `model` as it stands; grids saved as `{name}_guidance_{g}.png`."""
+            row = {}
+            for guidance in args.guidance:
+                drawn = decode(pipe, sample(model, eval_noise, eval_labels, guidance, args.sampling_steps),
+                               args.eval_seed, args.space)
+                row[f"guidance_{guidance:g}"] = scores(drawn, prompts)
+                save_grid(drawn, args.out / f"{name}_guidance_{guidance:g}.png")
+            return row
+
+        def checkpoint(step: int, losses: list[float]) -> None:
+            checkpoint_started = time.perf_counter()
+            row = {"loss_last_100": float(np.mean(losses[-100:])), **draw_and_score(f"{arm}_step{step}")}
+            arm_results.setdefault("checkpoints", {})[str(step)] = row
+            print(f"{arm} step {step}: {json.dumps(row)}", flush=True)
+            (args.out / "toy_results.json").write_text(json.dumps(results, indent=2))
+            drawing_seconds.append(time.perf_counter() - checkpoint_started)
+
+        started, drawing_seconds = time.perf_counter(), []
+        losses = train(model, latents, labels, args, checkpoint)
         save_file(model.state_dict(), args.out / f"{arm}.safetensors")
-        arm_results = {"train_seconds": time.perf_counter() - started,
-                       "parameters": sum(p.numel() for p in model.parameters()),
-                       "loss_first_100": float(np.mean(losses[:100])), "loss_last_100": float(np.mean(losses[-100:]))}
-        for guidance in args.guidance:
-            drawn = decode(pipe, sample(model, eval_noise, eval_labels, guidance, args.sampling_steps), args.eval_seed,
-                           args.space)
-            arm_results[f"guidance_{guidance:g}"] = scores(drawn, prompts)
-            save_grid(drawn, args.out / f"{arm}_guidance_{guidance:g}.png")
-        results["arms"][arm] = arm_results
-        print(f"{arm}: {json.dumps(arm_results)}", flush=True)
+        loss_per_100_steps = [float(np.mean(losses[start : start + 100])) for start in range(0, len(losses), 100)]
+        arm_results.update({"train_seconds": time.perf_counter() - started - sum(drawing_seconds),
+                            "loss_first_100": loss_per_100_steps[0], "loss_last_100": float(np.mean(losses[-100:])),
+                            "loss_per_100_steps": loss_per_100_steps, **draw_and_score(arm)})
+        print(f"{arm}: {json.dumps({k: v for k, v in arm_results.items() if k != 'checkpoints'})}", flush=True)
         (args.out / "toy_results.json").write_text(json.dumps(results, indent=2))
 
 

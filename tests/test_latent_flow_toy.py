@@ -133,11 +133,36 @@ def test_training_lowers_the_flow_loss_of_label_dependent_latents(toy):
     model = tiny_toy(toy, "token")
 
     class Args:
-        seed, steps, batch_size, learning_rate, label_dropout = 0, 300, 32, 3e-3, 0.0
+        seed, steps, batch_size, learning_rate, label_dropout, ema_decay, eval_at = 0, 300, 32, 3e-3, 0.0, None, []
 
     losses = toy.train(model, targets[labels], labels, Args)
     assert sum(losses[-30:]) / 30 < 0.6 * sum(losses[:30]) / 30
     assert not model.training
+
+
+def test_mid_run_checkpoints_see_the_weights_average_and_training_goes_on_from_the_raw_weights(toy):
+    targets = torch.randn(len(toy.LABELS), 4, 2, 2, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(len(toy.LABELS)).repeat(2)
+
+    class Args:
+        seed, steps, batch_size, learning_rate, label_dropout, eval_at = 0, 6, 8, 1e-2, 0.0, [2, 4]
+
+    def run(ema_decay):
+        Args.ema_decay = ema_decay
+        model, seen = tiny_toy(toy, "adaln"), {}
+
+        def checkpoint(step, losses):
+            assert not model.training and len(losses) == step
+            seen[step] = model.proj_out.weight.detach().clone()
+
+        toy.train(model, targets[labels], labels, Args, checkpoint)
+        return seen, model.proj_out.weight.detach()
+
+    raw_seen, raw_final = run(None)
+    ema_seen, ema_final = run(0.9)
+    assert set(raw_seen) == set(ema_seen) == {2, 4}
+    assert torch.equal(raw_final, ema_final)  # the average is shown, never trained on
+    assert not torch.allclose(raw_seen[4], ema_seen[4])
 
 
 def test_main_writes_each_arm_and_its_scores_at_each_guidance(toy, tmp_path):
@@ -145,9 +170,13 @@ def test_main_writes_each_arm_and_its_scores_at_each_guidance(toy, tmp_path):
     out = tmp_path / "toy"
     toy.main(["--out", str(out), "--model", str(model_dir), "--num-scenes", "6", "--steps", "2", "--batch-size", "4",
               "--width", "16", "--layers", "1", "--heads", "2", "--sampling-steps", "2", "--eval-noises", "1",
-              "--guidance", "1", "2"])
+              "--guidance", "1", "2", "--eval-at", "1", "--ema-decay", "0.9"])
     results = json.loads((out / "toy_results.json").read_text())
     assert set(results["arms"]) == {"adaln", "token"}
     for arm, row in results["arms"].items():
         assert {"guidance_1", "guidance_2"} <= set(row) and row["guidance_1"]["images"] == len(toy.LABELS)
         assert (out / f"{arm}.safetensors").exists() and (out / f"{arm}_guidance_2.png").exists()
+        assert list(row["checkpoints"]) == ["1"] and row["checkpoints"]["1"]["guidance_2"]["images"] == len(toy.LABELS)
+        assert (out / f"{arm}_step1_guidance_1.png").exists() and len(row["loss_per_100_steps"]) == 1
+    with pytest.raises(SystemExit):
+        toy.main(["--out", str(out), "--model", str(model_dir), "--steps", "2", "--eval-at", "2"])
