@@ -52,7 +52,7 @@ from diffusers.utils import make_image_grid
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.embeddings import get_2d_sincos_pos_embed
 from diffusers.training_utils import EMAModel
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -280,6 +280,68 @@ def latent_noise_scores(pipe: HydraPipeline, sigmas: list[float], seed: int, num
     return {f"{sigma:g}": scores(decode(pipe, latents + sigma * noise, seed), prompts) for sigma in sigmas}
 
 
+WORD_LOSS_TIMES = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+def load_toy(weights: Path, pipe: HydraPipeline, latent_shape: tuple, args) -> ToyFlowTransformer:
+    """A toy saved by `main` as `{arm}.safetensors`; its size must be given as it was trained (--width, --layers)."""
+    arm = weights.stem
+    if arm not in ARMS:
+        raise ValueError(f"toy weights are saved as one of {[arm + '.safetensors' for arm in ARMS]}, got {weights}")
+    input_path = HydraInputPath(pipe.model) if arm == "semvit" else None
+    width = args.width if input_path is None else input_path.width
+    model = ToyFlowTransformer(*latent_shape[:2], width, args.layers, args.heads, arm, input_path)
+    model.load_state_dict(load_file(weights))
+    return model.eval()
+
+
+def label_velocity(model: ToyFlowTransformer | HydraForConditionalGeneration, pipe: HydraPipeline):
+    """`velocity(noisy, times, labels)` of a toy, or of a unified model prompted "a {colour} {shape}" (the null label:
+    the empty prompt, which it trained as unconditional)."""
+    if isinstance(model, ToyFlowTransformer):
+        return model
+    prompts = [prompt_spec_from_text(f"a {color} {shape}").prompt for color, shape in LABELS] + [""]
+
+    def velocity(noisy: torch.Tensor, times: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        input_ids, attention_mask = pipe.encode_prompt([prompts[label] for label in labels.tolist()],
+                                                       do_classifier_free_guidance=False)
+        return model.flow_velocity(noisy, times, input_ids=input_ids, attention_mask=attention_mask)
+
+    return velocity
+
+
+@torch.no_grad()
+def word_losses(velocity, latents: torch.Tensor, labels: torch.Tensor, seed: int, batch_size: int = 90) -> dict:
+    """Flow loss on held-out `latents` at each of `WORD_LOSS_TIMES`, given the right label, the same colour with each
+    other shape (mean of the two), the next colour with the same shape, and no label; one noise per latent (`seed`).
+
+    What the shape word is worth to the velocity: `wrong_shape - right` against `wrong_colour - right`. Measured the
+    same way on a toy and on the unified model, it places the unified model on the toy's training curve."""
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
+    color_index, shape_index = labels // len(SHAPES), labels % len(SHAPES)
+    shift = torch.arange(1, len(SHAPES))
+    candidates = {
+        "right": [labels],
+        "wrong_shape": [color_index * len(SHAPES) + (shape_index + step) % len(SHAPES) for step in shift],
+        "wrong_colour": [(color_index + 1) % len(PALETTE) * len(SHAPES) + shape_index],
+        "null": [torch.full_like(labels, len(LABELS))],
+    }
+    table = {}
+    for time_value in WORD_LOSS_TIMES:
+        times = torch.full((len(latents),), time_value)
+        noisy, target = flow_matching.interpolate(latents, noise, times), flow_matching.velocity_target(latents, noise)
+        row = {}
+        for name, label_sets in candidates.items():
+            squared_error = sum(
+                (velocity(noisy[start : start + batch_size], times[start : start + batch_size],
+                          label_set[start : start + batch_size]) - target[start : start + batch_size]).square().sum()
+                for label_set in label_sets for start in range(0, len(latents), batch_size)
+            )
+            row[name] = float(squared_error) / (len(label_sets) * target.numel())
+        table[f"{time_value:g}"] = row
+    return table
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -304,6 +366,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="initialisation, batches, noise and times in training")
     parser.add_argument("--space", choices=("latents", "pixels"), default="latents",
                         help="what the arms generate: the checkpoint's normalised latents, or its patches' raw pixels")
+    parser.add_argument("--word-loss", nargs="*", type=Path, metavar="TOY_WEIGHTS",
+                        help="also measure what the label's words are worth to the flow loss (`word_losses`) for "
+                        "--model and for each toy's saved weights (`{arm}.safetensors`; built with --width/--layers/"
+                        "--heads), on --word-loss-scenes held-out one-object scenes (seed --eval-seed + 2)")
+    parser.add_argument("--word-loss-scenes", type=int, default=900)
     parser.add_argument("--eval-at", type=int, nargs="+", default=[], metavar="STEP",
                         help="also draw and score at these training steps (grids `{arm}_step{STEP}_guidance_*.png`)")
     parser.add_argument("--ema-decay", type=float, help="keep an EMA of the weights (diffusers' EMAModel) and draw "
@@ -312,8 +379,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latent-noise", type=float, nargs="+", metavar="SIGMA",
                         help="also score reference latents decoded with Gaussian errors of these stds")
     args = parser.parse_args(argv)
-    if args.space == "pixels" and ("semvit" in args.arms or args.latent_noise):
-        parser.error("--space pixels has no latents: the semvit arm and --latent-noise need --space latents")
+    if args.space == "pixels" and ("semvit" in args.arms or args.latent_noise or args.word_loss is not None):
+        parser.error("--space pixels has no latents: the semvit arm, --latent-noise and --word-loss need --space latents")
     if any(not 0 < step < args.steps for step in args.eval_at):
         parser.error(f"--eval-at takes steps between 1 and --steps - 1 ({args.steps - 1}); the last is always scored")
     if args.ema_decay is not None and not 0 < args.ema_decay < 1:
@@ -335,6 +402,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.latent_noise:
         results["latent_noise"] = latent_noise_scores(pipe, args.latent_noise, args.eval_seed + 1)
         print(f"latent noise: {json.dumps(results['latent_noise'])}", flush=True)
+    if args.word_loss is not None:
+        images, labels = one_object_scenes(args.word_loss_scenes, args.eval_seed + 2)
+        held_out = encode(pipe, images, args.space)
+        results["word_loss"] = {}
+        for source in [args.model, *args.word_loss]:
+            model = pipe.model if source == args.model else load_toy(Path(source), pipe, latent_shape, args)
+            table = word_losses(label_velocity(model, pipe), held_out, labels, args.eval_seed + 2)
+            results["word_loss"][str(source)] = table
+            print(f"word loss {source}: {json.dumps(table)}", flush=True)
     if args.baseline:
         drawn = baseline_images(pipe, prompts, args.eval_seed)
         results["baseline"] = scores(drawn, prompts)

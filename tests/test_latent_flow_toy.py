@@ -80,6 +80,36 @@ def test_sampling_follows_the_flow_to_the_point_an_exact_velocity_leads_to(toy):
         assert torch.allclose(toy.sample(Oracle(), noise, torch.tensor([0, 1]), guidance, steps=5), clean, atol=1e-5)
 
 
+def test_word_losses_price_each_wrong_word_against_the_right_label(toy):
+    # An oracle that knows each label's clean latent is exact for the right label and wrong for any other.
+    clean_of_label = torch.randn(len(toy.LABELS) + 1, 4, 2, 2, generator=torch.Generator().manual_seed(1))
+    labels = torch.arange(len(toy.LABELS))
+
+    def oracle(noisy, times, asked):
+        return (noisy - clean_of_label[asked]) / times.view(-1, 1, 1, 1)
+
+    table = toy.word_losses(oracle, clean_of_label[labels], labels, seed=0, batch_size=7)
+    assert set(table) == {f"{t:g}" for t in toy.WORD_LOSS_TIMES}
+    for row in table.values():
+        assert row["right"] == pytest.approx(0.0, abs=1e-10)
+        assert min(row["wrong_shape"], row["wrong_colour"], row["null"]) > 0.1
+        assert row["wrong_shape"] != pytest.approx(row["wrong_colour"])
+
+
+def test_the_unified_models_velocity_takes_the_labels_words(toy, tmp_path):
+    from hydra_hf import HydraPipeline
+
+    pipe = HydraPipeline.from_pretrained(save_tiny_hydra(tmp_path / "tiny"))
+    velocity = toy.label_velocity(pipe.model, pipe)
+    channels = pipe.model.config.vision_config.latent_channels
+    grid = pipe.model.config.vision_config.image_size // pipe.model.config.vision_config.patch_size
+    noisy, times = torch.randn(2, channels, grid, grid).repeat(3, 1, 1, 1), torch.full((6,), 0.5)
+    with torch.no_grad():
+        out = velocity(noisy, times, torch.tensor([0, 0, 1, 1, len(toy.LABELS), len(toy.LABELS)]))
+    assert out.shape == noisy.shape
+    assert not torch.allclose(out[:2], out[2:4]) and not torch.allclose(out[:2], out[4:])
+
+
 def one_object(shape: str, color: str = "red", x: float = 32, y: float = 32) -> Scene:
     return Scene((ShapeObject(shape, color, x, y, 20),), "colors")
 
@@ -180,3 +210,10 @@ def test_main_writes_each_arm_and_its_scores_at_each_guidance(toy, tmp_path):
         assert (out / f"{arm}_step1_guidance_1.png").exists() and len(row["loss_per_100_steps"]) == 1
     with pytest.raises(SystemExit):
         toy.main(["--out", str(out), "--model", str(model_dir), "--steps", "2", "--eval-at", "2"])
+
+    probed = tmp_path / "probe"
+    toy.main(["--out", str(probed), "--model", str(model_dir), "--arms", "--word-loss", str(out / "token.safetensors"),
+              "--word-loss-scenes", "6", "--width", "16", "--layers", "1", "--heads", "2"])
+    word_loss = json.loads((probed / "toy_results.json").read_text())["word_loss"]
+    assert set(word_loss) == {str(model_dir), str(out / "token.safetensors")}
+    assert all(set(row) == {"right", "wrong_shape", "wrong_colour", "null"} for row in word_loss[str(model_dir)].values())
