@@ -1,5 +1,5 @@
 """Can a small flow transformer draw the named shape in HYDRA-TOK's latent space, and does it matter how the label
-enters? A diagnostic for docs/experiments.md (thirty-sixth round), apart from the unified model.
+enters? A diagnostic for docs/experiments.md (thirty-sixth and thirty-seventh rounds), apart from the unified model.
 
     python scripts/latent_flow_toy.py --out outputs/toy [--arms adaln token semvit] [--steps 3000] [--baseline]
 
@@ -33,7 +33,9 @@ numbers against the latent's 16): the control for whether the latent is what mak
 as above (the shape-word IoU does not apply).
 
 `--eval-at STEP ...` draws and scores mid-run as well (a curve over training steps from one run, with its flow loss
-per 100 steps in toy_results.json), from an EMA of the weights when `--ema-decay` is given.
+per 100 steps in toy_results.json), from an EMA of the weights when `--ema-decay` is given. `--word-loss [TOY_WEIGHTS
+...]` prices the label's words in flow loss (`word_losses`) for --model and for saved toys alike, placing the unified
+model on a toy's training curve (docs/experiments.md, thirty-seventh round).
 """
 
 import argparse
@@ -380,7 +382,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="also score reference latents decoded with Gaussian errors of these stds")
     args = parser.parse_args(argv)
     if args.space == "pixels" and ("semvit" in args.arms or args.latent_noise or args.word_loss is not None):
-        parser.error("--space pixels has no latents: the semvit arm, --latent-noise and --word-loss need --space latents")
+        parser.error("--space pixels has no latents: the semvit arm, --latent-noise and --word-loss need latents")
     if any(not 0 < step < args.steps for step in args.eval_at):
         parser.error(f"--eval-at takes steps between 1 and --steps - 1 ({args.steps - 1}); the last is always scored")
     if args.ema_decay is not None and not 0 < args.ema_decay < 1:

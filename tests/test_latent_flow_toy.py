@@ -216,4 +216,5 @@ def test_main_writes_each_arm_and_its_scores_at_each_guidance(toy, tmp_path):
               "--word-loss-scenes", "6", "--width", "16", "--layers", "1", "--heads", "2"])
     word_loss = json.loads((probed / "toy_results.json").read_text())["word_loss"]
     assert set(word_loss) == {str(model_dir), str(out / "token.safetensors")}
-    assert all(set(row) == {"right", "wrong_shape", "wrong_colour", "null"} for row in word_loss[str(model_dir)].values())
+    for row in word_loss[str(model_dir)].values():
+        assert set(row) == {"right", "wrong_shape", "wrong_colour", "null"}
