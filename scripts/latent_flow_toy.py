@@ -285,14 +285,19 @@ def latent_noise_scores(pipe: HydraPipeline, sigmas: list[float], seed: int, num
 WORD_LOSS_TIMES = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 
+def build_toy(arm: str, pipe: HydraPipeline, latent_shape: tuple, args) -> ToyFlowTransformer:
+    """A fresh toy of `arm` at --width/--layers/--heads (the semvit arm at the checkpoint's LLM width)."""
+    input_path = HydraInputPath(pipe.model) if arm == "semvit" else None
+    width = args.width if input_path is None else input_path.width
+    return ToyFlowTransformer(*latent_shape[:2], width, args.layers, args.heads, arm, input_path)
+
+
 def load_toy(weights: Path, pipe: HydraPipeline, latent_shape: tuple, args) -> ToyFlowTransformer:
     """A toy saved by `main` as `{arm}.safetensors`; its size must be given as it was trained (--width, --layers)."""
     arm = weights.stem
     if arm not in ARMS:
         raise ValueError(f"toy weights are saved as one of {[arm + '.safetensors' for arm in ARMS]}, got {weights}")
-    input_path = HydraInputPath(pipe.model) if arm == "semvit" else None
-    width = args.width if input_path is None else input_path.width
-    model = ToyFlowTransformer(*latent_shape[:2], width, args.layers, args.heads, arm, input_path)
+    model = build_toy(arm, pipe, latent_shape, args)
     model.load_state_dict(load_file(weights))
     return model.eval()
 
@@ -424,9 +429,7 @@ def main(argv: list[str] | None = None) -> None:
         latents = encode(pipe, images, args.space)
     for arm in args.arms:
         torch.manual_seed(args.seed)
-        input_path = HydraInputPath(pipe.model) if arm == "semvit" else None
-        width = args.width if input_path is None else input_path.width
-        model = ToyFlowTransformer(*latent_shape[:2], width, args.layers, args.heads, arm, input_path)
+        model = build_toy(arm, pipe, latent_shape, args)
         arm_results = results["arms"][arm] = {"parameters": sum(p.numel() for p in model.parameters())}
 
         def draw_and_score(name: str) -> dict:
